@@ -1,0 +1,151 @@
+"""Datasets on disk: the MVTec-AD layout and a plain images/ + masks/ pairs layout.
+
+MVTec-AD: `train/good/*`, `test/<type>/*`, `ground_truth/<type>/<stem>_mask.png`.
+Pairs: `images/<stem>.<ext>` and `masks/<stem>.<ext>`; an image with no mask is defect-free.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from model.errors import DatasetError
+from model.hashing import sha256_bytes
+from model.images import IMAGE_EXTENSIONS, decode_image, read_mask, resize_image, resize_mask
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image on disk, its mask file (None = defect-free) and its defect type."""
+
+    image_path: Path
+    mask_path: Path | None
+    defect_type: str
+
+
+@dataclass
+class LoadedSample:
+    """A sample read into memory at the model's input size."""
+
+    sample: Sample
+    sha256: str
+    image: np.ndarray  # uint8 (S, S, 3)
+    mask: np.ndarray  # bool (S, S)
+
+    @property
+    def defect_type(self) -> str:
+        return self.sample.defect_type
+
+    @property
+    def defective(self) -> bool:
+        return bool(self.mask.any())
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _discover_mvtec(root: Path) -> list[Sample]:
+    samples: list[Sample] = []
+    good_train = root / "train" / GOOD
+    if good_train.is_dir():
+        samples += [Sample(p, None, GOOD) for p in _images_in(good_train)]
+    test = root / "test"
+    if test.is_dir():
+        for type_dir in sorted(d for d in test.iterdir() if d.is_dir()):
+            for image in _images_in(type_dir):
+                if type_dir.name == GOOD:
+                    samples.append(Sample(image, None, GOOD))
+                    continue
+                mask = root / "ground_truth" / type_dir.name / f"{image.stem}_mask.png"
+                if not mask.is_file():
+                    raise DatasetError(f"{image}: its mask {mask} is missing")
+                samples.append(Sample(image, mask, type_dir.name))
+    return samples
+
+
+def _discover_pairs(root: Path) -> list[Sample]:
+    masks_dir = root / "masks"
+    masks = {p.stem: p for p in _images_in(masks_dir)} if masks_dir.is_dir() else {}
+    samples = []
+    for image in _images_in(root / "images"):
+        mask = masks.get(image.stem)
+        samples.append(Sample(image, mask, "defect" if mask is not None else GOOD))
+    return samples
+
+
+def discover(root: Path | str) -> list[Sample]:
+    """All samples under `root`, in a stable order; DatasetError if none or no known layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    if (root / "images").is_dir():
+        samples = _discover_pairs(root)
+    elif (root / "test").is_dir() or (root / "train").is_dir():
+        samples = _discover_mvtec(root)
+    else:
+        raise DatasetError(
+            f"{root}: unknown layout (expected MVTec-AD test/<type>/ + ground_truth/, "
+            "or images/ + masks/)"
+        )
+    if not samples:
+        raise DatasetError(f"{root}: no images found")
+    return samples
+
+
+def split(
+    samples: list[Sample], *, val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic split stratified by defect type; every type with ≥2 images gets a val one."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val fraction must be in [0, 1), got {val_fraction}")
+    by_type: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_type[s.defect_type].append(s)
+    rng = random.Random(seed)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for defect_type in sorted(by_type):
+        group = sorted(by_type[defect_type], key=lambda s: str(s.image_path))
+        rng.shuffle(group)
+        n_val = round(len(group) * val_fraction)
+        if val_fraction > 0 and n_val == 0 and len(group) >= 2:
+            n_val = 1
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def load_sample(sample: Sample, size: int) -> LoadedSample:
+    """Read, validate and resize one sample (mask checked against the image's own size)."""
+    data = sample.image_path.read_bytes()
+    image = decode_image(data, name=str(sample.image_path))
+    if sample.mask_path is not None:
+        mask = read_mask(sample.mask_path, shape=image.shape[:2])
+    else:
+        mask = np.zeros(image.shape[:2], dtype=bool)
+    return LoadedSample(
+        sample=sample,
+        sha256=sha256_bytes(data),
+        image=resize_image(image, size),
+        mask=resize_mask(mask, size),
+    )
+
+
+def load_samples(
+    samples: Iterable[Sample], size: int, *, progress: bool = False
+) -> list[LoadedSample]:
+    """Load many samples with an optional progress bar."""
+    items = list(samples)
+    return [
+        load_sample(s, size)
+        for s in tqdm(items, desc="loading images", unit="img", disable=not progress)
+    ]

@@ -1,0 +1,73 @@
+"""Evaluation of a model bundle on loaded samples, with the no-prompt ablation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from model.checkpoint import ModelBundle
+from model.dataset import LoadedSample
+from model.feature_cache import FeatureCache
+from model.inference import encode_images, run_heads
+from model.metrics import review_score, segmentation_report
+
+
+def predict_probs(
+    bundle: ModelBundle,
+    items: Sequence[LoadedSample],
+    *,
+    cache: FeatureCache | None,
+    use_prompt: bool = True,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Mask probability maps at input size for every item."""
+    probs: list[np.ndarray] = []
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress):
+        chunk = items[start : start + batch_size]
+        frozen = encode_images(
+            bundle, [it.image for it in chunk], shas=[it.sha256 for it in chunk], cache=cache,
+            batch_size=batch_size,
+        )
+        probs.extend(run_heads(bundle, frozen, use_prompt=use_prompt).prob)
+    return probs
+
+
+def best_threshold(
+    probs: Sequence[np.ndarray], items: Sequence[LoadedSample], grid: Sequence[float]
+) -> float:
+    """The mask threshold in `grid` with the best review score on these items."""
+    targets = [it.mask for it in items]
+    types = [it.defect_type for it in items]
+
+    def score(t: float) -> float:
+        return review_score(segmentation_report(probs, targets, types, threshold=t))
+
+    return max(grid, key=score)
+
+
+def evaluate(
+    bundle: ModelBundle,
+    items: Sequence[LoadedSample],
+    *,
+    cache: FeatureCache | None = None,
+    ablation: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Metrics with the heatmap prompt, plus the same with the prompt off (`no_prompt`)."""
+    threshold = bundle.meta.mask_threshold
+    targets = [it.mask for it in items]
+    types = [it.defect_type for it in items]
+    probs = predict_probs(bundle, items, cache=cache, progress=progress)
+    report = segmentation_report(probs, targets, types, threshold=threshold)
+    report["score"] = review_score(report)
+    if ablation:
+        off = predict_probs(bundle, items, cache=cache, use_prompt=False, progress=progress)
+        no_prompt = segmentation_report(off, targets, types, threshold=threshold)
+        no_prompt["score"] = review_score(no_prompt)
+        report["no_prompt"] = no_prompt
+    return report

@@ -1,0 +1,158 @@
+"""The heatmap-prompted SAM: trainable heads around frozen SAM parts.
+
+    frozen features ─► feature fusion ─► heatmap head ─► heatmap
+                                                           │
+    embedding (SAM's, or the neck's) ─► segment encoding ◄─┘ ─► dense prompt
+                                                           │
+                               SAM mask decoder (batched) ◄┘ ─► mask logits
+
+Trainable: neck (when the encoder has no SAM embedding), fusion, heatmap head, segment
+encoding, and the prompt encoder / mask decoder only when no pretrained SAM decoder exists
+for the encoder. The encoder itself lives outside this module (its outputs are cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.encoders.base import EncoderOutput, FrozenEncoder
+from model.encoders.sam_modules import SAM_EMBED_DIM
+from model.fusion import FeatureFusion
+from model.heatmap_head import HeatmapHead
+from model.mask_decoding import decode_batched
+from model.segment_encoding import SegmentEncoding
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Sizes of the trainable parts; stored in every checkpoint."""
+
+    fusion_channels: int = 64
+    neck_width: int = 128
+    segment_hidden: int = 64
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "fusion_channels": self.fusion_channels,
+            "neck_width": self.neck_width,
+            "segment_hidden": self.segment_hidden,
+        }
+
+
+@dataclass
+class HeatPromptOutput:
+    """heatmap_logits (B, 1, g/2, g/2); mask_logits (B, 1, S, S) at input size; iou (B, 1)."""
+
+    heatmap_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    iou_pred: torch.Tensor
+
+
+class HeatPromptSAM(nn.Module):
+    """Heads + SAM prompt encoder / mask decoder for one frozen encoder's outputs."""
+
+    def __init__(self, encoder: FrozenEncoder, *, config: HeadsConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or HeadsConfig()
+        self.input_size = encoder.input_size
+        self.grid_size = encoder.grid_size
+        self.decoder_frozen = encoder.decoder_pretrained
+        self.neck: FeatureFusion | None = None
+        if not encoder.has_embedding:
+            self.neck = FeatureFusion(
+                in_channels=encoder.feature_channels,
+                in_strides=encoder.feature_strides,
+                out_stride=encoder.embedding_stride,
+                width=self.config.neck_width,
+                out_channels=SAM_EMBED_DIM,
+            )
+        self.fusion = FeatureFusion(
+            in_channels=encoder.feature_channels,
+            in_strides=encoder.feature_strides,
+            out_stride=encoder.embedding_stride,
+            width=self.config.fusion_channels,
+            out_channels=self.config.fusion_channels,
+        )
+        self.heatmap_head = HeatmapHead(in_channels=self.config.fusion_channels)
+        self.segment_encoding = SegmentEncoding(
+            embed_dim=SAM_EMBED_DIM, hidden=self.config.segment_hidden
+        )
+        self.prompt_encoder, self.mask_decoder = encoder.make_sam_modules()
+        if self.decoder_frozen:
+            for module in (self.prompt_encoder, self.mask_decoder):
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights a checkpoint must hold: everything but pretrained, frozen SAM parts."""
+        frozen = ("prompt_encoder.", "mask_decoder.") if self.decoder_frozen else ()
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith(frozen)}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load `trainable_state_dict()` output with strict key checking."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise KeyError(
+                f"checkpoint keys do not match the model: {len(missing)} missing "
+                f"(e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected "
+                f"(e.g. {sorted(unexpected)[:2]})"
+            )
+        self.load_state_dict(state, strict=False)
+
+    # ------------------------------------------------------------------ forward
+    def embedding(self, frozen: EncoderOutput) -> torch.Tensor:
+        """The 256-channel embedding grid: SAM's own, or the neck's."""
+        if frozen.embedding is not None:
+            return frozen.embedding.to(self.segment_encoding.fuse.weight.dtype)
+        assert self.neck is not None
+        return self.neck(frozen.features)
+
+    def forward(
+        self,
+        frozen: EncoderOutput,
+        *,
+        use_prompt: bool | torch.Tensor = True,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> HeatPromptOutput:
+        """Run the heads and the decoder on frozen encoder outputs.
+
+        use_prompt: True / False for the whole batch, or a (B,) bool tensor; where False
+            the heatmap prompt is replaced by SAM's "no mask" embedding (the ablation).
+        points: optional click prompts, coords (B, N, 2) in input pixels (x, y) and
+            labels (B, N) with 1 positive, 0 negative, -1 padding.
+        """
+        embedding = self.embedding(frozen)
+        b = embedding.shape[0]
+        heatmap_logits = self.heatmap_head(self.fusion(frozen.features))
+        dense = self.segment_encoding(torch.sigmoid(heatmap_logits), embedding)
+        no_prompt = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand_as(dense)
+        if isinstance(use_prompt, bool):
+            if not use_prompt:
+                dense = no_prompt
+        else:
+            keep = use_prompt.to(dense.device).view(b, 1, 1, 1)
+            dense = torch.where(keep, dense, no_prompt)
+        if points is None:
+            sparse = embedding.new_zeros((b, 0, SAM_EMBED_DIM))
+        else:
+            sparse, _ = self.prompt_encoder(points=points, boxes=None, masks=None)
+        low_res, iou_pred = decode_batched(
+            self.mask_decoder,
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        mask_logits = low_res
+        if low_res.shape[-1] != self.input_size:
+            mask_logits = F.interpolate(
+                low_res, size=(self.input_size, self.input_size), mode="bilinear",
+                align_corners=False,
+            )
+        return HeatPromptOutput(heatmap_logits, mask_logits, iou_pred)

@@ -1,0 +1,47 @@
+"""Training losses: heatmap MSE plus mask BCE and Dice, with configurable weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three terms (Dice may be switched off with 0)."""
+
+    heatmap: float = 5.0
+    bce: float = 1.0
+    dice: float = 1.0
+
+
+def heatmap_target(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Reduce a full-resolution heatmap label to the head's grid by max-pooling (keeps peaks)."""
+    return F.adaptive_max_pool2d(label, size)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per image, averaged; an empty target with an empty prediction costs ~0."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    inter = (prob * target).sum(1)
+    denom = prob.sum(1) + target.sum(1)
+    return (1 - (2 * inter + eps) / (denom + eps)).mean()
+
+
+def heatprompt_loss(
+    heatmap_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    heatmap_label: torch.Tensor,
+    mask_label: torch.Tensor,
+    weights: LossWeights,
+) -> dict[str, torch.Tensor]:
+    """The method's loss; returns each term and their weighted `total`."""
+    target = heatmap_target(heatmap_label, heatmap_logits.shape[-2:])
+    heat = F.mse_loss(torch.sigmoid(heatmap_logits.float()), target)
+    bce = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_label)
+    dice = dice_loss(mask_logits.float(), mask_label) if weights.dice else bce.new_zeros(())
+    total = weights.heatmap * heat + weights.bce * bce + weights.dice * dice
+    return {"total": total, "heatmap": heat, "bce": bce, "dice": dice}

@@ -1,0 +1,42 @@
+"""A batched path through SAM's `MaskDecoder`.
+
+The stock `MaskDecoder.predict_masks` repeats each image embedding once per prompt set,
+which is right for many prompts on one image but wrong for B images with one prompt set
+each (it would build B² pairs). This runs the same layers with image i paired only with
+prompt set i.
+"""
+
+from __future__ import annotations
+
+import torch
+from segment_anything.modeling import MaskDecoder
+
+
+def decode_batched(
+    decoder: MaskDecoder,
+    *,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-mask logits (B, 1, 4g, 4g) and IoU predictions (B, 1), one per image."""
+    b = image_embeddings.shape[0]
+    if sparse_prompt_embeddings.shape[0] != b or dense_prompt_embeddings.shape[0] != b:
+        raise ValueError("one sparse and one dense prompt set per image expected")
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
+    tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+    src = image_embeddings + dense_prompt_embeddings
+    pos_src = image_pe.expand(b, -1, -1, -1)
+    _, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    # Mask token 0 is SAM's single-mask output (multimask_output=False).
+    hyper_in = decoder.output_hypernetworks_mlps[0](mask_tokens_out[:, 0, :]).unsqueeze(1)
+    _, uc, uh, uw = upscaled.shape
+    masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, 1, uh, uw)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)[:, :1]
+    return masks, iou_pred

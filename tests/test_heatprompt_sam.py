@@ -1,0 +1,82 @@
+"""The assembled model: batched decoding, prompt switch, clicks, checkpoint state."""
+
+import pytest
+import torch
+
+from model.checkpoint import new_bundle
+from model.mask_decoding import decode_batched
+
+
+def _frozen(enc, n: int = 3):  # type: ignore[no-untyped-def]
+    torch.manual_seed(5)
+    images = torch.randint(0, 255, (n, enc.input_size, enc.input_size, 3), dtype=torch.uint8)
+    return enc.encode(images)
+
+
+def test_batched_decoder_matches_a_per_image_loop(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    heads = new_bundle(tiny_encoder, label_sigma=2.0).heads.eval()
+    frozen = _frozen(tiny_encoder)
+    emb = heads.embedding(frozen)
+    dense = torch.randn_like(emb)
+    sparse = torch.randn(3, 2, 256)
+    pe = heads.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        batched, iou = decode_batched(
+            heads.mask_decoder, image_embeddings=emb, image_pe=pe,
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+        )
+        for i in range(3):
+            single, single_iou = heads.mask_decoder(
+                image_embeddings=emb[i : i + 1], image_pe=pe,
+                sparse_prompt_embeddings=sparse[i : i + 1],
+                dense_prompt_embeddings=dense[i : i + 1], multimask_output=False,
+            )
+            assert torch.allclose(batched[i], single[0], atol=1e-5)
+            assert torch.allclose(iou[i], single_iou[0], atol=1e-5)
+
+
+def test_outputs_have_the_documented_shapes(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    heads = new_bundle(tiny_encoder, label_sigma=2.0).heads.eval()
+    out = heads(_frozen(tiny_encoder, 2))
+    g = tiny_encoder.grid_size
+    assert out.heatmap_logits.shape == (2, 1, g // 2, g // 2)
+    assert out.mask_logits.shape == (2, 1, 64, 64)
+
+
+def test_prompt_switch_and_clicks_change_the_mask(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    heads = new_bundle(tiny_encoder, label_sigma=2.0).heads.eval()
+    frozen = _frozen(tiny_encoder, 2)
+    with torch.no_grad():
+        on = heads(frozen).mask_logits
+        off = heads(frozen, use_prompt=False).mask_logits
+        mixed = heads(frozen, use_prompt=torch.tensor([True, False])).mask_logits
+        points = (torch.tensor([[[10.0, 20.0]], [[30.0, 30.0]]]), torch.tensor([[1.0], [0.0]]))
+        clicked = heads(frozen, points=points).mask_logits
+    assert not torch.allclose(on, off)
+    assert torch.allclose(mixed[0], on[0]) and torch.allclose(mixed[1], off[1])
+    assert not torch.allclose(clicked, on)
+
+
+def test_mask_loss_reaches_every_trainable_part(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    heads = new_bundle(tiny_encoder, label_sigma=2.0).heads.train()
+    heads(_frozen(tiny_encoder, 2)).mask_logits.mean().backward()
+    for name in ("fusion", "heatmap_head", "segment_encoding", "mask_decoder"):
+        grads = [p.grad for p in getattr(heads, name).parameters() if p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def test_trainable_state_excludes_pretrained_sam_parts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from model.encoders import build_encoder
+    from model.encoders.sam_vit import SAM_VARIANTS, build_sam
+
+    path = tmp_path / "tiny.pth"
+    torch.save(build_sam(SAM_VARIANTS["tiny"]).state_dict(), path)
+    enc = build_encoder("sam_tiny", sam_checkpoint=path, input_size=64)
+    heads = new_bundle(enc, label_sigma=2.0).heads
+    keys = heads.trainable_state_dict()
+    assert not any(k.startswith(("mask_decoder.", "prompt_encoder.")) for k in keys)
+    assert not any(p.requires_grad for p in heads.mask_decoder.parameters())
+    with pytest.raises(KeyError, match="missing"):
+        heads.load_trainable_state_dict({})

@@ -1,0 +1,1 @@
+"""The HeatPrompt application: command line, Gradio UI, services, scheduler, settings."""

@@ -1,0 +1,203 @@
+"""The `heatprompt` command line.
+
+Every user-fixable problem (bad image, wrong checkpoint, empty folder, missing SAM file)
+ends with one line `heatprompt: error: <what, naming the file>` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model.errors import HeatPromptError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic MVTec-layout defect dataset")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--count", type=int, default=200, help="number of images")
+    p.set_defaults(func=cmd_synth)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from model.encoders import ENCODER_NAMES
+
+    p = sub.add_parser("train", help="train the heads on one or more datasets")
+    p.add_argument("--data", type=Path, action="append", required=True,
+                   help="dataset folder (MVTec-AD or images/+masks/); repeatable")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--encoder", choices=ENCODER_NAMES, default="effnet_lite0")
+    p.add_argument("--sam-checkpoint", type=Path, help="Meta's SAM weights for sam_vit_*")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--input-size", type=int, help="model input side (default per encoder)")
+    p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: beside --out)")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on every image of a dataset")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--sam-checkpoint", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="write heatmap, mask and overlay for images")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sam-checkpoint", type=Path)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("images", type=Path, nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    from model.weights import OFFICIAL_WEIGHTS
+
+    p = sub.add_parser("weights", help="manage SAM weights")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    d = wsub.add_parser("download", help="download Meta's official SAM checkpoint")
+    d.add_argument("name", choices=sorted(OFFICIAL_WEIGHTS))
+    d.add_argument("--out", type=Path, default=Path("weights"), help="folder to write into")
+    d.add_argument("--url", help="mirror URL of the same file (checked against the same sha256)")
+    d.set_defaults(func=cmd_weights_download)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="prepare the offline demo and start the app")
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--prepare-only", action="store_true", help="prepare, do not serve")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `heatprompt`."""
+    parser = argparse.ArgumentParser(
+        prog="heatprompt", description="Heatmap-prompted SAM for surface-defect review."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_weights, _add_demo):
+        add(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_synth(args: argparse.Namespace) -> int:
+    from model.synth import write_dataset
+
+    write_dataset(args.out, seed=args.seed, size=args.size, count=args.count)
+    print(f"wrote {args.count} images to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.pipeline import train_from_folders
+
+    result = train_from_folders(
+        data=args.data, out=args.out, encoder=args.encoder, sam_checkpoint=args.sam_checkpoint,
+        epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=args.val_fraction,
+        seed=args.seed, device=args.device, batch_size=args.batch_size, lr=args.lr,
+        input_size=args.input_size, cache_dir=args.cache_dir,
+    )
+    val = result.val_report or {}
+    print(
+        f"saved {result.checkpoint} after {result.epochs_run} epochs ({result.stopped_by}); "
+        f"val mIoU {val.get('miou')}, empty accuracy {val.get('empty_accuracy')}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.checkpoint import load_bundle
+    from model.dataset import discover, load_samples
+    from model.evaluate import evaluate
+    from model.inference import resolve_device
+
+    bundle = load_bundle(args.checkpoint, sam_checkpoint=args.sam_checkpoint,
+                         device=resolve_device(args.device))
+    items = load_samples(discover(args.data), bundle.encoder.input_size, progress=not args.json)
+    report = evaluate(bundle, items, progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def format_report(report: dict) -> str:
+    """Human-readable evaluation table."""
+
+    def f(v: float | None) -> str:
+        return "   n/a" if v is None else f"{v:6.3f}"
+
+    lines = [f"{'':14}{'prompt':>8}{'no prompt':>11}"]
+    for key in ("miou", "dice", "empty_accuracy", "image_auroc", "pixel_auroc"):
+        lines.append(f"{key:14}{f(report[key]):>8}{f(report['no_prompt'][key]):>11}")
+    lines.append("per type:")
+    for kind, stats in report["per_type"].items():
+        shown = ", ".join(f"{k} {f(v).strip()}" for k, v in stats.items() if k != "count")
+        lines.append(f"  {kind:12} n={stats['count']:<4} {shown}")
+    return "\n".join(lines)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from model.pipeline import predict_to_folder
+
+    written = predict_to_folder(
+        args.checkpoint, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
+        device=args.device,
+    )
+    for row in written:
+        print(f"{row['image']}: defect_score {row['defect_score']:.3f}, "
+              f"uncertainty {row['uncertainty']:.3f}, defective {row['defective']}")
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from model.weights import download_official
+
+    path = download_official(args.name, args.out, url=args.url)
+    print(f"{args.name}: {path} (sha256 verified)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from webapp.demo import run_demo
+
+    return run_demo(args.data_dir, host=args.host, port=args.port, serve=not args.prepare_only)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `heatprompt` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (HeatPromptError, ValueError) as exc:
+        print(f"heatprompt: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("heatprompt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
