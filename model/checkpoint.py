@@ -7,6 +7,7 @@ temporary name and renamed, so a crash never leaves a half-written checkpoint vi
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -82,9 +83,12 @@ def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
     """Atomically write the bundle's trainable weights and metadata to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Metadata must be plain JSON so that checkpoints load with `weights_only=True`;
+    # checking it first means a bad value never replaces a good file.
+    meta = json.loads(json.dumps(bundle.meta.as_dict()))
     payload = {
         "format": FORMAT,
-        "meta": bundle.meta.as_dict(),
+        "meta": meta,
         "state": bundle.heads.trainable_state_dict(),
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -106,7 +110,9 @@ def read_checkpoint(path: Path | str) -> tuple[CheckpointMeta, dict[str, torch.T
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({exc.__class__.__name__})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a HeatPrompt checkpoint")
     try:
@@ -139,7 +145,9 @@ def load_bundle(
         except HeatPromptError as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
     if (encoder.encoder_id, encoder.input_size, encoder.embedding_stride) != (
-        meta.encoder_id, meta.input_size, meta.embedding_stride
+        meta.encoder_id,
+        meta.input_size,
+        meta.embedding_stride,
     ):
         raise CheckpointError(
             f"{path}: trained for {meta.encoder_id} at {meta.input_size}px, "

@@ -145,7 +145,9 @@ def load_samples(
 ) -> list[LoadedSample]:
     """Load many samples with an optional progress bar."""
     items = list(samples)
-    return [
-        load_sample(s, size)
-        for s in tqdm(items, desc="loading images", unit="img", disable=not progress)
-    ]
+    loaded = []
+    with tqdm(total=len(items), desc="loading images", unit="img", disable=not progress) as bar:
+        for s in items:
+            loaded.append(load_sample(s, size))
+            bar.update(1)
+    return loaded

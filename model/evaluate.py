@@ -30,7 +30,10 @@ def predict_probs(
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress):
         chunk = items[start : start + batch_size]
         frozen = encode_images(
-            bundle, [it.image for it in chunk], shas=[it.sha256 for it in chunk], cache=cache,
+            bundle,
+            [it.image for it in chunk],
+            shas=[it.sha256 for it in chunk],
+            cache=cache,
             batch_size=batch_size,
         )
         probs.extend(run_heads(bundle, frozen, use_prompt=use_prompt).prob)

@@ -99,7 +99,7 @@ class FeatureCache:
     def _read(self, path: Path) -> EncoderOutput | None:
         try:
             named = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError):
+        except Exception:  # torch raises several unrelated types for damaged files
             path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
             return None
         os.utime(path)  # mark as recently used for eviction

@@ -91,7 +91,9 @@ class HeatPromptSAM(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights a checkpoint must hold: everything but pretrained, frozen SAM parts."""
         frozen = ("prompt_encoder.", "mask_decoder.") if self.decoder_frozen else ()
-        return {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith(frozen)}
+        return {
+            k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith(frozen)
+        }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load `trainable_state_dict()` output with strict key checking."""
@@ -152,7 +154,9 @@ class HeatPromptSAM(nn.Module):
         mask_logits = low_res
         if low_res.shape[-1] != self.input_size:
             mask_logits = F.interpolate(
-                low_res, size=(self.input_size, self.input_size), mode="bilinear",
+                low_res,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
                 align_corners=False,
             )
         return HeatPromptOutput(heatmap_logits, mask_logits, iou_pred)

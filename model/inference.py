@@ -45,8 +45,10 @@ def encode_images(
         return encoder.encode(batch)
 
     if cache is None or shas is None or any(s is None for s in shas):
-        chunks = [compute(list(range(i, min(i + batch_size, len(images)))))
-                  for i in range(0, len(images), batch_size)]
+        chunks = [
+            compute(list(range(i, min(i + batch_size, len(images)))))
+            for i in range(0, len(images), batch_size)
+        ]
         out = EncoderOutput.stack(chunks) if len(chunks) > 1 else chunks[0]
     else:
         names = transforms or ["identity"] * len(images)
@@ -79,7 +81,9 @@ def run_heads(
     out = bundle.heads(frozen, use_prompt=use_prompt, points=points)
     size = bundle.encoder.input_size
     heat = F.interpolate(
-        torch.sigmoid(out.heatmap_logits.float()), size=(size, size), mode="bilinear",
+        torch.sigmoid(out.heatmap_logits.float()),
+        size=(size, size),
+        mode="bilinear",
         align_corners=False,
     )
     prob = torch.sigmoid(out.mask_logits.float())

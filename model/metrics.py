@@ -74,9 +74,8 @@ def segmentation_report(
         "defective": len(ious),
         "threshold": threshold,
         "per_type": {
-            kind: {name: mean(vals) for name, vals in stats.items()} | {
-                "count": max(len(v) for v in stats.values())
-            }
+            kind: {name: mean(vals) for name, vals in stats.items()}
+            | {"count": max(len(v) for v in stats.values())}
             for kind, stats in sorted(per_type.items())
         },
     }

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from model.checkpoint import load_bundle, new_bundle
@@ -99,11 +98,15 @@ def predict_to_folder(
             np.save(tmp / f"{stem}_heatmap.npy", pred.heatmap.astype(np.float32))
             _save_png(mask_png(pred.mask), tmp / f"{stem}_mask.png")
             _save_png(overlay(image, pred.heatmap, pred.mask), tmp / f"{stem}_overlay.png")
-            rows.append({
-                "image": str(path), "defect_score": pred.defect_score,
-                "uncertainty": pred.uncertainty, "defective": pred.is_defective,
-                "threshold": pred.threshold,
-            })
+            rows.append(
+                {
+                    "image": str(path),
+                    "defect_score": pred.defect_score,
+                    "uncertainty": pred.uncertainty,
+                    "defective": pred.is_defective,
+                    "threshold": pred.threshold,
+                }
+            )
         (tmp / "predictions.json").write_text(json.dumps(rows, indent=2))
         for f in tmp.iterdir():
             os.replace(f, out / f.name)

@@ -90,7 +90,10 @@ class Predictor:
         """Predict for several images; images with clicks run one by one."""
         size = self.bundle.encoder.input_size
         shas = list(shas) if shas is not None else [None] * len(images)
-        shas = [s or sha256_bytes(np.ascontiguousarray(im).tobytes()) for s, im in zip(shas, images, strict=True)]
+        shas = [
+            s or sha256_bytes(np.ascontiguousarray(im).tobytes())
+            for s, im in zip(shas, images, strict=True)
+        ]
         clicks = list(clicks) if clicks is not None else [()] * len(images)
         resized = [resize_image(im, size) for im in images]
         frozen = encode_images(self.bundle, resized, shas=shas, cache=self.cache)
@@ -104,7 +107,9 @@ class Predictor:
         for i, c in enumerate(clicks):
             if c:
                 one = run_heads(
-                    self.bundle, frozen.select(i), use_prompt=use_prompt,
+                    self.bundle,
+                    frozen.select(i),
+                    use_prompt=use_prompt,
                     points=self._points(c, images[i].shape[:2]),
                 )
                 maps[i] = (one.prob[0], one.heatmap[0])

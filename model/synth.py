@@ -36,7 +36,7 @@ def _brushed_metal(rng: Rng, size: int) -> np.ndarray:
 
 
 def _wood(rng: Rng, size: int) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    _, x = np.mgrid[0:size, 0:size].astype(np.float32)
     warp = 18 * _noise(rng, size, 80)
     rings = np.sin((x + warp) / rng.uniform(4, 9) + 2 * _noise(rng, size, 120))
     base = 0.5 + 0.15 * rings + 0.05 * _noise(rng, size, 8)
@@ -132,9 +132,7 @@ DEFECTS: dict[str, Callable[[Rng, int], tuple[np.ndarray, float]]] = {
 }
 
 
-def make_surface(
-    rng: Rng, size: int, defect_type: str | None
-) -> tuple[np.ndarray, np.ndarray]:
+def make_surface(rng: Rng, size: int, defect_type: str | None) -> tuple[np.ndarray, np.ndarray]:
     """One uint8 RGB surface and its exact boolean defect mask (empty when None)."""
     texture = TEXTURES[str(rng.choice(list(TEXTURES)))](rng, size)
     mask = np.zeros((size, size), dtype=bool)
@@ -147,8 +145,9 @@ def make_surface(
     return image, mask
 
 
-def write_dataset(out: Path | str, *, seed: int = 0, size: int = 256, count: int = 200,
-                  progress: bool = True) -> Path:
+def write_dataset(
+    out: Path | str, *, seed: int = 0, size: int = 256, count: int = 200, progress: bool = True
+) -> Path:
     """Write `count` images in the MVTec-AD layout under `out`; returns `out`."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")

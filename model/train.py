@@ -167,8 +167,12 @@ def train(
             batch = order[b0 : b0 + config.batch_size]
             images = [apply_transform(train_items[i].image, t) for i, t in batch]
             frozen = encode_images(
-                bundle, images, shas=[train_items[i].sha256 for i, _ in batch],
-                transforms=[t for _, t in batch], cache=cache, batch_size=config.batch_size,
+                bundle,
+                images,
+                shas=[train_items[i].sha256 for i, _ in batch],
+                transforms=[t for _, t in batch],
+                cache=cache,
+                batch_size=config.batch_size,
             )
             masks = torch.stack([labels.get(i, t)[0] for i, t in batch])
             heats = torch.stack([labels.get(i, t)[1] for i, t in batch])
@@ -182,7 +186,10 @@ def train(
             with torch.autocast(device.type, enabled=use_amp):
                 output = heads(frozen, use_prompt=keep.to(device), points=points)
             terms = heatprompt_loss(
-                output.heatmap_logits, output.mask_logits, heats.to(device), masks.to(device),
+                output.heatmap_logits,
+                output.mask_logits,
+                heats.to(device),
+                masks.to(device),
                 config.loss,
             )
             optimizer.zero_grad(set_to_none=True)
@@ -196,12 +203,18 @@ def train(
             if budget and time.monotonic() - start > budget:
                 stopped_by = "time"
                 break
-        record: dict[str, float] = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)),
-                                    "elapsed_s": time.monotonic() - start}
+        record: dict[str, float] = {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(np.mean(losses)),
+            "elapsed_s": time.monotonic() - start,
+        }
         if val_items:
             probs = predict_probs(bundle, val_items, cache=cache, batch_size=config.batch_size)
             report = segmentation_report(
-                probs, [it.mask for it in val_items], [it.defect_type for it in val_items],
+                probs,
+                [it.mask for it in val_items],
+                [it.defect_type for it in val_items],
                 threshold=bundle.meta.mask_threshold,
             )
             score = review_score(report)
@@ -232,7 +245,9 @@ def train(
         probs = predict_probs(bundle, val_items, cache=cache, batch_size=config.batch_size)
         bundle.meta.mask_threshold = float(best_threshold(probs, val_items, THRESHOLD_GRID))
         best_report = segmentation_report(
-            probs, [it.mask for it in val_items], [it.defect_type for it in val_items],
+            probs,
+            [it.mask for it in val_items],
+            [it.defect_type for it in val_items],
             threshold=bundle.meta.mask_threshold,
         )
     bundle.meta.metrics = {"val": best_report, "history": history, "stopped_by": stopped_by}

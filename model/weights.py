@@ -89,10 +89,17 @@ def download(
                 offset = 0
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
-            with open(partial, "ab" if resumed else "wb") as out, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True,
-                desc=dest.name, disable=not progress,
-            ) as bar:
+            with (
+                open(partial, "ab" if resumed else "wb") as out,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=not progress,
+                ) as bar,
+            ):
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -115,5 +122,6 @@ def download_official(
     if name not in OFFICIAL_WEIGHTS:
         raise WeightsError(f"unknown weights {name!r}; choose one of {', '.join(OFFICIAL_WEIGHTS)}")
     spec = OFFICIAL_WEIGHTS[name]
-    return download(url or spec.url, Path(out_dir) / spec.filename, sha256=spec.sha256,
-                    progress=progress)
+    return download(
+        url or spec.url, Path(out_dir) / spec.filename, sha256=spec.sha256, progress=progress
+    )

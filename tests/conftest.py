@@ -15,8 +15,9 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20-image 64 px synthetic MVTec-layout dataset."""
-    return write_dataset(tmp_path_factory.mktemp("synth"), seed=3, size=64, count=20,
-                         progress=False)
+    return write_dataset(
+        tmp_path_factory.mktemp("synth"), seed=3, size=64, count=20, progress=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_sam_checkpoint_loads_strictly_from_a_local_file(tmp_path: Path) -> None
     assert enc.decoder_pretrained
     key = "image_encoder.blocks.0.attn.qkv.weight"
     assert torch.equal(enc.state_dict()[key], reference.state_dict()[key])
-    pe, md = enc.make_sam_modules()
+    _, md = enc.make_sam_modules()
     assert torch.equal(md.iou_token.weight, reference.mask_decoder.iou_token.weight)
 
 
@@ -77,7 +77,7 @@ def test_sam_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
         build_encoder("sam_tiny", sam_checkpoint=tmp_path / "missing.pth")
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="broken.pth"):
+    with pytest.raises(WeightsError, match=r"broken\.pth"):
         build_encoder("sam_tiny", sam_checkpoint=broken)
     partial = tmp_path / "partial.pth"
     state = build_sam(SAM_VARIANTS["tiny"]).state_dict()

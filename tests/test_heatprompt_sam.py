@@ -23,14 +23,19 @@ def test_batched_decoder_matches_a_per_image_loop(tiny_encoder) -> None:  # type
     pe = heads.prompt_encoder.get_dense_pe()
     with torch.no_grad():
         batched, iou = decode_batched(
-            heads.mask_decoder, image_embeddings=emb, image_pe=pe,
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            heads.mask_decoder,
+            image_embeddings=emb,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
         )
         for i in range(3):
             single, single_iou = heads.mask_decoder(
-                image_embeddings=emb[i : i + 1], image_pe=pe,
+                image_embeddings=emb[i : i + 1],
+                image_pe=pe,
                 sparse_prompt_embeddings=sparse[i : i + 1],
-                dense_prompt_embeddings=dense[i : i + 1], multimask_output=False,
+                dense_prompt_embeddings=dense[i : i + 1],
+                multimask_output=False,
             )
             assert torch.allclose(batched[i], single[0], atol=1e-5)
             assert torch.allclose(iou[i], single_iou[0], atol=1e-5)

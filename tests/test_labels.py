@@ -21,7 +21,7 @@ def test_thick_line_peaks_on_its_skeleton_and_fades_away() -> None:
     assert heat[32, 32] > 0.9  # centre line
     assert heat[30, 32] < heat[32, 32]  # edge of the bar is below its medial axis
     assert heat[5, 32] < 1e-3  # far away
-    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
 
 
 def test_each_region_reaches_one_even_when_small() -> None:

@@ -14,7 +14,7 @@ def test_heatmap_target_keeps_thin_peaks() -> None:
 def test_dice_is_low_for_a_match_and_high_for_a_miss() -> None:
     target = torch.zeros(1, 1, 8, 8)
     target[..., 2:6, 2:6] = 1
-    good = (target * 20 - 10)
+    good = target * 20 - 10
     assert dice_loss(good, target) < 0.01
     assert dice_loss(-good, target) > 0.9
 

@@ -30,8 +30,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from model.encoders import ENCODER_NAMES
 
     p = sub.add_parser("train", help="train the heads on one or more datasets")
-    p.add_argument("--data", type=Path, action="append", required=True,
-                   help="dataset folder (MVTec-AD or images/+masks/); repeatable")
+    p.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="dataset folder (MVTec-AD or images/+masks/); repeatable",
+    )
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.add_argument("--encoder", choices=ENCODER_NAMES, default="effnet_lite0")
     p.add_argument("--sam-checkpoint", type=Path, help="Meta's SAM weights for sam_vit_*")
@@ -112,10 +117,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.pipeline import train_from_folders
 
     result = train_from_folders(
-        data=args.data, out=args.out, encoder=args.encoder, sam_checkpoint=args.sam_checkpoint,
-        epochs=args.epochs, max_minutes=args.max_minutes, val_fraction=args.val_fraction,
-        seed=args.seed, device=args.device, batch_size=args.batch_size, lr=args.lr,
-        input_size=args.input_size, cache_dir=args.cache_dir,
+        data=args.data,
+        out=args.out,
+        encoder=args.encoder,
+        sam_checkpoint=args.sam_checkpoint,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        input_size=args.input_size,
+        cache_dir=args.cache_dir,
     )
     val = result.val_report or {}
     print(
@@ -131,8 +145,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate
     from model.inference import resolve_device
 
-    bundle = load_bundle(args.checkpoint, sam_checkpoint=args.sam_checkpoint,
-                         device=resolve_device(args.device))
+    bundle = load_bundle(
+        args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
+    )
     items = load_samples(discover(args.data), bundle.encoder.input_size, progress=not args.json)
     report = evaluate(bundle, items, progress=not args.json)
     if args.json:
@@ -162,12 +177,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from model.pipeline import predict_to_folder
 
     written = predict_to_folder(
-        args.checkpoint, args.images, args.out, sam_checkpoint=args.sam_checkpoint,
+        args.checkpoint,
+        args.images,
+        args.out,
+        sam_checkpoint=args.sam_checkpoint,
         device=args.device,
     )
     for row in written:
-        print(f"{row['image']}: defect_score {row['defect_score']:.3f}, "
-              f"uncertainty {row['uncertainty']:.3f}, defective {row['defective']}")
+        print(
+            f"{row['image']}: defect_score {row['defect_score']:.3f}, "
+            f"uncertainty {row['uncertainty']:.3f}, defective {row['defective']}"
+        )
     return 0
 
 

@@ -63,8 +63,12 @@ def prepare(paths: DemoPaths) -> ModelBundle:
     if not paths.checkpoint.is_file():
         print(f"training the demo model for up to {DEMO_TRAIN_MINUTES} minutes …")
         train_from_folders(
-            data=[paths.dataset], out=paths.checkpoint, max_minutes=DEMO_TRAIN_MINUTES,
-            epochs=60, device="auto", cache_dir=paths.root / "cache" / "features",
+            data=[paths.dataset],
+            out=paths.checkpoint,
+            max_minutes=DEMO_TRAIN_MINUTES,
+            epochs=60,
+            device="auto",
+            cache_dir=paths.root / "cache" / "features",
         )
     return load_bundle(paths.checkpoint)
 
@@ -83,8 +87,10 @@ def build_ui(predictor: Predictor, incoming: list[Path]):  # type: ignore[no-unt
 
     images = [read_image(p) for p in incoming]
     preds = predictor.predict_many(images)
-    tiles = [(overlay(im, p.heatmap, p.mask), f"{path.name} · {p.defect_score:.2f}")
-             for path, im, p in zip(incoming, images, preds, strict=True)]
+    tiles = [
+        (overlay(im, p.heatmap, p.mask), f"{path.name} · {p.defect_score:.2f}")
+        for path, im, p in zip(incoming, images, preds, strict=True)
+    ]
 
     def detail(image: np.ndarray, pred: Prediction):  # type: ignore[no-untyped-def]
         return (
@@ -105,8 +111,13 @@ def build_ui(predictor: Predictor, incoming: list[Path]):  # type: ignore[no-unt
     with gr.Blocks(title="HeatPrompt demo") as ui:
         gr.Markdown("# HeatPrompt — heatmap-prompted SAM for surface defects")
         gr.Markdown(BACKBONE_NOTE)
-        gallery = gr.Gallery(value=tiles, label="Incoming images (heatmap overlay, mask outline)",
-                             columns=6, height=360, elem_id="incoming")
+        gallery = gr.Gallery(
+            value=tiles,
+            label="Incoming images (heatmap overlay, mask outline)",
+            columns=6,
+            height=360,
+            elem_id="incoming",
+        )
         with gr.Row():
             upload = gr.Image(type="numpy", label="Try your own image", elem_id="upload")
             out_overlay = gr.Image(label="Overlay", elem_id="overlay")

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from segment_anything.modeling import MaskDecoder, PromptEncoder
+from torch import nn
 
 
 @dataclass
@@ -59,7 +58,9 @@ class EncoderOutput:
     @classmethod
     def stack(cls, items: list[EncoderOutput]) -> EncoderOutput:
         """Concatenate single-image outputs along the batch dimension."""
-        features = [torch.cat([it.features[i] for it in items]) for i in range(len(items[0].features))]
+        features = [
+            torch.cat([it.features[i] for it in items]) for i in range(len(items[0].features))
+        ]
         embedding = None
         if items[0].embedding is not None:
             embedding = torch.cat([it.embedding for it in items])  # type: ignore[misc]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from model.encoders.base import FrozenEncoder
 from model.errors import WeightsError
 
 ENCODER_NAMES = ("effnet_lite0", "sam_vit_b", "sam_vit_l", "sam_vit_h", "sam_tiny")
 DEFAULT_ENCODER = "effnet_lite0"
+RANDOM_ENCODER_SEED = 0
 
 
 def build_encoder(
@@ -42,5 +45,12 @@ def build_encoder(
                 f"(get it with 'heatprompt weights download {name}')"
             )
         checkpoint = Path(sam_checkpoint) if sam_checkpoint is not None else None
-        return SamViTEncoder(variant, checkpoint=checkpoint, input_size=input_size)
+        if checkpoint is not None:
+            return SamViTEncoder(variant, checkpoint=checkpoint, input_size=input_size)
+        # Random weights come from a fixed seed, so the same encoder is rebuilt at load time.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_ENCODER_SEED)
+            encoder = SamViTEncoder(variant, input_size=input_size)
+        encoder.weights_sha256 = f"random-seed-{RANDOM_ENCODER_SEED}"
+        return encoder
     raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODER_NAMES)}")

@@ -56,7 +56,11 @@ SAM_VARIANTS: dict[str, SamVariant] = {
     ),
     # Small random SAM-architecture encoder for fast tests only.
     "tiny": SamVariant(
-        embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), native_size=128,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=(1,),
+        native_size=128,
         window_size=4,
     ),
 }
@@ -146,7 +150,9 @@ class SamViTEncoder(FrozenEncoder):
         self.embedding_stride = PATCH_SIZE
         self.blocks_out = tuple(intermediate_blocks or variant.intermediate_blocks)
         if any(not 0 <= b < variant.depth for b in self.blocks_out):
-            raise ValueError(f"intermediate blocks {self.blocks_out} outside 0..{variant.depth - 1}")
+            raise ValueError(
+                f"intermediate blocks {self.blocks_out} outside 0..{variant.depth - 1}"
+            )
         self.feature_channels = [variant.embed_dim] * len(self.blocks_out)
         self.feature_strides = [PATCH_SIZE] * len(self.blocks_out)
         self.has_embedding = True

@@ -1,0 +1,160 @@
+"""The `heatprompt` command line, run in-process through its real entry point."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from webapp.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A dataset written by `synth` and a sam_tiny checkpoint written by `train`."""
+    root = tmp_path_factory.mktemp("cli")
+    data, ckpt = root / "data", root / "model.pt"
+    assert main(["synth", "--out", str(data), "--seed", "2", "--size", "64", "--count", "12"]) == 0
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(ckpt),
+            "--encoder",
+            "sam_tiny",
+            "--input-size",
+            "64",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert code == 0 and ckpt.is_file()
+    return data, ckpt
+
+
+def test_synth_writes_the_requested_images(trained: tuple[Path, Path]) -> None:
+    data, _ = trained
+    images = list((data / "test").glob("*/*.png"))
+    assert len(images) == 12
+    assert Image.open(images[0]).size == (64, 64)
+
+
+def test_eval_json_prints_one_object_with_the_documented_keys(trained, capsys) -> None:  # type: ignore[no-untyped-def]
+    data, ckpt = trained
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    keys = {"miou", "dice", "empty_accuracy", "image_auroc", "pixel_auroc", "per_type", "no_prompt"}
+    assert keys <= set(report)
+    assert report["count"] == 12
+
+
+def test_eval_table_is_readable(trained, capsys) -> None:  # type: ignore[no-untyped-def]
+    data, ckpt = trained
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "no prompt" in out and "miou" in out and "per type:" in out
+
+
+def test_predict_writes_every_output(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data, ckpt = trained
+    image = sorted((data / "test").glob("*/*.png"))[0]
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(out), str(image)]) == 0
+    stem = image.stem
+    for name in (f"{stem}_heatmap.png", f"{stem}_mask.png", f"{stem}_overlay.png"):
+        assert Image.open(out / name).size == (64, 64)
+    heat = np.load(out / f"{stem}_heatmap.npy")
+    assert heat.dtype == np.float32 and heat.min() >= 0 and heat.max() <= 1
+    rows = json.loads((out / "predictions.json").read_text())
+    assert rows[0]["image"] == str(image) and 0 <= rows[0]["uncertainty"] <= 1
+    mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+
+
+def _error_line(capsys) -> str:  # type: ignore[no-untyped-def]
+    """The error line: exactly one, and the last thing on stderr (after any progress bar)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "heatprompt: error:" in line]
+    assert len(errors) == 1 and err[-1] == errors[0] and errors[0].startswith("heatprompt"), err
+    return errors[0]
+
+
+def test_unreadable_image_fails_cleanly_and_writes_nothing(trained, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data, ckpt = trained
+    good = sorted((data / "test").glob("*/*.png"))[0]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    out = tmp_path / "pred"
+    code = main(["predict", "--checkpoint", str(ckpt), "--out", str(out), str(good), str(bad)])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("heatprompt: error:") and "broken.png" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_empty_folder_and_missing_sam_file_are_one_line_errors(trained, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    _, ckpt = trained
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(empty)]) == 2
+    assert "no images found" in _error_line(capsys)
+    missing = tmp_path / "sam_vit_b.pth"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(trained[0]),
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--encoder",
+            "sam_vit_b",
+            "--sam-checkpoint",
+            str(missing),
+        ]
+    )
+    assert code == 2
+    assert str(missing) in _error_line(capsys)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_mask_of_another_size_is_refused(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "pairs"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / "a.png")
+    code = main(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--encoder",
+            "sam_tiny",
+            "--input-size",
+            "64",
+            "--epochs",
+            "1",
+        ]
+    )
+    assert code == 2
+    line = _error_line(capsys)
+    assert "masks/a.png" in line and "32x32" in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_wrong_checkpoint_for_the_encoder_is_refused(trained, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data, _ = trained
+    fake = tmp_path / "fake.pt"
+    fake.write_bytes(b"PK\x03\x04 not really")
+    assert main(["eval", "--checkpoint", str(fake), "--data", str(data)]) == 2
+    assert "fake.pt" in _error_line(capsys)

@@ -1,0 +1,121 @@
+"""Training, checkpoints, evaluation and prediction with real small models."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_bundle, new_bundle, read_checkpoint, save_checkpoint
+from model.dataset import discover, load_samples, split
+from model.encoders import build_encoder
+from model.errors import CheckpointError
+from model.evaluate import evaluate
+from model.feature_cache import FeatureCache
+from model.predict import Click, Predictor
+from model.train import TrainConfig, seed_everything, train
+
+EVAL_KEYS = {"miou", "dice", "empty_accuracy", "image_auroc", "pixel_auroc", "per_type"}
+
+
+def _tiny_run(synth_dir: Path, out: Path, seed: int = 0, epochs: int = 2):  # type: ignore[no-untyped-def]
+    train_s, val_s = split(discover(synth_dir), val_fraction=0.25, seed=seed)
+    seed_everything(seed)
+    bundle = new_bundle(build_encoder("sam_tiny", input_size=64), label_sigma=2.0)
+    tr, va = load_samples(train_s, 64), load_samples(val_s, 64)
+    config = TrainConfig(epochs=epochs, batch_size=4, seed=seed)
+    result = train(bundle, tr, va, config, out=out, cache=FeatureCache(None), progress=False)
+    return bundle, result, va
+
+
+def test_training_is_deterministic_and_writes_a_complete_checkpoint(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, a, _ = _tiny_run(synth_dir, tmp_path / "a.pt")
+    _, b, _ = _tiny_run(synth_dir, tmp_path / "b.pt")
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert len(a.history) == a.epochs_run == 2
+    meta, state = read_checkpoint(a.checkpoint)
+    assert meta.encoder_id == "sam_tiny" and meta.input_size == 64
+    assert 0.3 <= meta.mask_threshold <= 0.7
+    assert meta.metrics["val"]["count"] > 0 and meta.train_config["seed"] == 0
+    assert any(k.startswith("heatmap_head.") for k in state)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_evaluation_reports_every_metric_with_the_ablation(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    report = evaluate(bundle, val)
+    assert set(report) >= EVAL_KEYS and set(report["no_prompt"]) >= EVAL_KEYS
+    assert 0.0 <= report["miou"] <= 1.0
+    assert report["count"] == len(val)
+    assert set(report["per_type"]) == {it.defect_type for it in val}
+
+
+def test_reloaded_checkpoint_predicts_the_same(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle, result, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    enc = bundle.encoder  # the random tiny encoder is shared, as the app shares encoders
+    reloaded = load_bundle(result.checkpoint, encoder=enc)
+    image = val[0].image
+    p1, p2 = Predictor(bundle).predict(image), Predictor(reloaded).predict(image)
+    assert np.allclose(p1.heatmap, p2.heatmap, atol=1e-5)
+    assert (p1.mask == p2.mask).all() and p1.defect_score == pytest.approx(p2.defect_score)
+
+
+def test_prediction_outputs_match_the_image_and_clicks_refine(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    predictor = Predictor(bundle)
+    image = np.ascontiguousarray(np.repeat(np.repeat(val[0].image, 2, 0), 3, 1))  # 128×192
+    pred = predictor.predict(image)
+    assert pred.heatmap.shape == pred.mask.shape == (128, 192)
+    assert pred.heatmap.min() >= 0.0 and pred.heatmap.max() <= 1.0
+    assert 0.0 <= pred.uncertainty <= 1.0 and 0.0 <= pred.defect_score <= 1.0
+    misses = predictor.cache.misses
+    refined = predictor.predict(image, clicks=[Click(90, 60, True)])
+    assert predictor.cache.misses == misses  # click-to-refine re-uses the cached encoding
+    assert refined.defect_score != pred.defect_score
+
+
+def test_checkpoint_for_another_encoder_is_refused(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, result, _ = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    effnet = build_encoder("effnet_lite0", input_size=64)
+    with pytest.raises(CheckpointError, match="not effnet_lite0"):
+        load_bundle(result.checkpoint, encoder=effnet)
+    other = build_encoder("sam_tiny", input_size=64)  # same shape, other weights id
+    other.weights_sha256 = "f" * 64
+    with pytest.raises(CheckpointError, match="encoder weights"):
+        load_bundle(result.checkpoint, encoder=other)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
+        load_bundle(bad)
+    not_ours = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, not_ours)
+    with pytest.raises(CheckpointError, match="not a HeatPrompt checkpoint"):
+        read_checkpoint(not_ours)
+
+
+def test_save_is_atomic_when_serialisation_fails(tmp_path, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    bundle = new_bundle(tiny_encoder, label_sigma=2.0)
+    path = save_checkpoint(tmp_path / "ok.pt", bundle)
+    before = path.read_bytes()
+    bundle.meta.metrics = {"bad": object()}  # metadata that is not plain JSON
+    with pytest.raises(TypeError):
+        save_checkpoint(path, bundle)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_effnet_learns_defects_on_cpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A short CPU run must beat the all-empty baseline clearly (a can-fail quality check)."""
+    from model.synth import write_dataset
+
+    root = write_dataset(tmp_path / "data", seed=11, size=128, count=60, progress=False)
+    train_s, val_s = split(discover(root), val_fraction=0.25, seed=0)
+    seed_everything(0)
+    bundle = new_bundle(build_encoder("effnet_lite0", input_size=128), label_sigma=2.0)
+    tr, va = load_samples(train_s, 128), load_samples(val_s, 128)
+    config = TrainConfig(epochs=25, batch_size=8, seed=0, max_minutes=1.5)
+    train(bundle, tr, va, config, out=tmp_path / "m.pt", progress=False)
+    report = evaluate(bundle, va, ablation=False)
+    assert report["miou"] > 0.25, report
+    assert report["image_auroc"] is None or report["image_auroc"] > 0.6
