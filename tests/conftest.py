@@ -27,3 +27,6 @@ def tiny_encoder():  # type: ignore[no-untyped-def]
 
     torch.manual_seed(0)
     return build_encoder("sam_tiny", input_size=64)
+
+
+from tests.storage_fixtures import engine, repo  # noqa: E402,F401  (shared fixtures)

@@ -158,3 +158,12 @@ def test_wrong_checkpoint_for_the_encoder_is_refused(trained, tmp_path, capsys) 
     fake.write_bytes(b"PK\x03\x04 not really")
     assert main(["eval", "--checkpoint", str(fake), "--data", str(data)]) == 2
     assert "fake.pt" in _error_line(capsys)
+
+
+def test_db_upgrade_and_downgrade_on_the_data_dir(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["db", "upgrade", "--data-dir", str(tmp_path)]) == 0
+    assert "revision 0001" in capsys.readouterr().out
+    assert (tmp_path / "heatprompt.db").is_file()
+    assert main(["db", "downgrade", "--data-dir", str(tmp_path)]) == 0
+    assert "base (empty)" in capsys.readouterr().out

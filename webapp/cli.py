@@ -93,13 +93,26 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_db(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("db", help="database schema migrations")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="migrate the schema up (default: to head)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = dsub.add_parser("downgrade", help="migrate the schema down (default: to base)")
+    down.add_argument("revision", nargs="?", default="base")
+    for q in (up, down):
+        q.add_argument("--data-dir", type=Path, help="data directory (SQLite file lives here)")
+    up.set_defaults(func=cmd_db, direction="upgrade")
+    down.set_defaults(func=cmd_db, direction="downgrade")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `heatprompt`."""
     parser = argparse.ArgumentParser(
         prog="heatprompt", description="Heatmap-prompted SAM for surface-defect review."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_weights, _add_demo):
+    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_weights, _add_demo, _add_db):
         add(sub)
     return parser
 
@@ -203,6 +216,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from webapp.demo import run_demo
 
     return run_demo(args.data_dir, host=args.host, port=args.port, serve=not args.prepare_only)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from storage.engine import make_engine
+    from storage.migrate import current_revision, downgrade, upgrade
+    from webapp.settings import load_settings
+
+    settings = load_settings(data_dir=args.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    (upgrade if args.direction == "upgrade" else downgrade)(engine, args.revision)
+    print(f"database at revision {current_revision(engine) or 'base (empty)'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

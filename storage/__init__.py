@@ -1,0 +1,4 @@
+"""Pure persistence for HeatPrompt: blobs on disk and rows through SQLAlchemy.
+
+No torch, no UI; never imports `model` or `webapp`.
+"""

@@ -1,0 +1,65 @@
+"""Application settings from environment variables (prefix HEATPROMPT_, plus DATABASE_URL)
+and an optional TOML file named by HEATPROMPT_CONFIG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Every knob of the application, with its embedded default."""
+
+    model_config = SettingsConfigDict(env_prefix="HEATPROMPT_", extra="forbid")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "HEATPROMPT_DATABASE_URL")
+    )
+    host: str = "127.0.0.1"
+    port: int = 7860
+    holdout_percent: int = Field(default=10, ge=0, le=50)
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    lease_seconds: float = 600.0
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "heatprompt.db"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """DATABASE_URL when set, else the SQLite file under the data directory."""
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("HEATPROMPT_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment / TOML file, with explicit overrides on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
