@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_model
+	$(BIN)/python -m tests.benchmarks.bench_storage
 
 quality: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.quality --max-minutes 15
