@@ -106,13 +106,49 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     down.set_defaults(func=cmd_db, direction="downgrade")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the web app (REST API under /api, UI at /)")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 7860)")
+    p.add_argument("--data-dir", type=Path, help="data directory (default ./data)")
+    p.add_argument("--checkpoint", type=Path, help="model to serve when none is active yet")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    p.add_argument("--no-scheduler", action="store_true", help="web process only, no retraining")
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_user(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("user", help="manage users and API tokens")
+    usub = p.add_subparsers(dest="user_command", required=True)
+    add = usub.add_parser("add", help="create a user (password from --password or a prompt)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=("viewer", "inspector", "admin"), default="inspector")
+    add.add_argument("--password", help="password (prompted for when left out)")
+    add.set_defaults(func=cmd_user_add)
+    tok = usub.add_parser("token", help="issue an API token (shown once)")
+    tok.add_argument("name")
+    tok.set_defaults(func=cmd_user_token)
+    for q in (add, tok):
+        q.add_argument("--data-dir", type=Path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `heatprompt`."""
     parser = argparse.ArgumentParser(
         prog="heatprompt", description="Heatmap-prompted SAM for surface-defect review."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_weights, _add_demo, _add_db):
+    for add in (
+        _add_synth,
+        _add_train,
+        _add_eval,
+        _add_predict,
+        _add_weights,
+        _add_demo,
+        _add_db,
+        _add_serve,
+        _add_user,
+    ):
         add(sub)
     return parser
 
@@ -229,6 +265,54 @@ def cmd_db(args: argparse.Namespace) -> int:
     (upgrade if args.direction == "upgrade" else downgrade)(engine, args.revision)
     print(f"database at revision {current_revision(engine) or 'base (empty)'}")
     return 0
+
+
+def _accounts(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    from storage.accounts import Accounts
+    from storage.engine import make_engine
+    from storage.migrate import upgrade
+    from webapp.settings import load_settings
+
+    settings = load_settings(data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    return Accounts(engine)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from storage.errors import StorageError
+
+    password = args.password or getpass.getpass(f"password for {args.name}: ")
+    try:
+        _accounts(args.data_dir).add_user(args.name, password, role=args.role)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+    print(f"user {args.name} added as {args.role}")
+    return 0
+
+
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from storage.errors import StorageError
+
+    try:
+        token = _accounts(args.data_dir).issue_token(args.name)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+    print(token)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webapp.server import serve
+    from webapp.settings import load_settings
+
+    settings = load_settings(
+        data_dir=args.data_dir, host=args.host, port=args.port, checkpoint=args.checkpoint
+    )
+    return serve(settings, share=args.share, scheduler=not args.no_scheduler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

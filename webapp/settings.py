@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     lease_seconds: float = 600.0
+    checkpoint: Path | None = None  # served when the database has no active version yet
+    sam_checkpoint: Path | None = None  # Meta's SAM weights, for sam_vit_* models
 
     @property
     def sqlite_path(self) -> Path:
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "features"
 
     @classmethod
     def settings_customise_sources(

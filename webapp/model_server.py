@@ -1,0 +1,115 @@
+"""The served model: one reference to a (version, predictor) pair, swapped atomically.
+
+A request takes the current pair once and finishes on it, so a hot-swap never changes the
+model under a request in flight; every prediction is tagged with the version that made it.
+A new checkpoint is loaded and smoke-tested beside the old one before the swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_bundle
+from model.errors import CheckpointError
+from model.feature_cache import FeatureCache
+from model.predict import Click, Prediction, Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model and the database version it belongs to (None: unregistered)."""
+
+    version_id: int | None
+    predictor: Predictor
+    checkpoint: Path
+
+    @property
+    def encoder_id(self) -> str:
+        return self.predictor.bundle.meta.encoder_id
+
+
+def smoke_test(predictor: Predictor) -> None:
+    """Run one prediction on a fixed pattern; CheckpointError unless every output is finite."""
+    size = predictor.bundle.encoder.input_size
+    pattern = (np.indices((size, size)).sum(0) % 255).astype(np.uint8)
+    image = np.repeat(pattern[..., None], 3, axis=2)
+    with torch.no_grad():
+        pred = predictor.predict(image, sha256="smoke-test")
+    if not (np.isfinite(pred.heatmap).all() and np.isfinite(pred.defect_score)):
+        raise CheckpointError("smoke test produced non-finite outputs")
+
+
+class ModelServer:
+    """Holds the served model and swaps it without downtime."""
+
+    def __init__(self, *, cache_dir: Path | None = None, sam_checkpoint: Path | None = None):
+        self._current: ServedModel | None = None
+        self._lock = threading.Lock()
+        self._cache_dir = cache_dir
+        self._sam_checkpoint = sam_checkpoint
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The served model right now (take it once per request)."""
+        return self._current
+
+    def load(self, checkpoint: Path, version_id: int | None) -> ServedModel:
+        """Load and smoke-test a checkpoint beside the served one, then swap to it.
+
+        On any failure the served model stays as it was and the error is raised.
+        """
+        with self._lock:
+            current = self._current
+            if current is not None and current.checkpoint == Path(checkpoint):
+                if current.version_id != version_id:
+                    self._current = ServedModel(version_id, current.predictor, current.checkpoint)
+                return self._current
+            # The frozen encoder is shared between versions with the same encoder weights.
+            encoder = current.predictor.bundle.encoder if current is not None else None
+            try:
+                bundle = load_bundle(
+                    checkpoint, sam_checkpoint=self._sam_checkpoint, encoder=encoder
+                )
+            except CheckpointError:
+                if encoder is None:
+                    raise
+                bundle = load_bundle(checkpoint, sam_checkpoint=self._sam_checkpoint)
+            if current is not None and bundle.meta.encoder_id != current.encoder_id:
+                raise CheckpointError(
+                    f"{checkpoint}: encoder {bundle.meta.encoder_id} differs from the served "
+                    f"{current.encoder_id}"
+                )
+            cache = FeatureCache(
+                self._cache_dir / bundle.meta.encoder_id if self._cache_dir else None
+            )
+            predictor = Predictor(bundle, cache=cache)
+            smoke_test(predictor)
+            served = ServedModel(version_id, predictor, Path(checkpoint))
+            self._current = served  # the swap: one reference assignment
+            log.info("serving model version %s from %s", version_id, checkpoint)
+            return served
+
+    def load_version_id(self, version_id: int) -> None:
+        """Tag the served model with its newly registered database version."""
+        with self._lock:
+            if self._current is not None:
+                self._current = ServedModel(
+                    version_id, self._current.predictor, self._current.checkpoint
+                )
+
+    def predict(
+        self, image: np.ndarray, *, sha256: str, clicks: tuple[Click, ...] = ()
+    ) -> tuple[Prediction, int | None]:
+        """Predict with the model served at call time; returns the version that made it."""
+        served = self._current
+        if served is None:
+            raise RuntimeError("no model is loaded yet")
+        return served.predictor.predict(image, sha256=sha256, clicks=clicks), served.version_id
