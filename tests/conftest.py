@@ -30,3 +30,4 @@ def tiny_encoder():  # type: ignore[no-untyped-def]
 
 
 from tests.storage_fixtures import engine, repo  # noqa: E402,F401  (shared fixtures)
+from tests.webapp_fixtures import running_app  # noqa: E402,F401

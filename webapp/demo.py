@@ -1,34 +1,29 @@
-"""`heatprompt demo`: an offline first look at the model, on embedded defaults.
+"""`heatprompt demo`: the full app on embedded defaults, offline, in a few minutes.
 
-Prepares (once) a synthetic dataset, a small `effnet_lite0` model trained on it for about
-a minute and a batch of incoming images, then serves a Gradio page that shows each
-image's heatmap overlay and mask and predicts uploaded images.
+Prepares (once, then reused) a synthetic dataset, an `effnet_lite0` model trained on it
+for about a minute and a half, and a batch of incoming images; then starts the app with
+SQLite and files under the data directory, ingests and predicts the incoming images so the
+review queue is full, and prints the demo login.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import uvicorn
 
-from model.checkpoint import ModelBundle, load_bundle
-from model.images import IMAGE_EXTENSIONS, read_image
+from model.images import IMAGE_EXTENSIONS
 from model.pipeline import train_from_folders
-from model.predict import Prediction, Predictor
 from model.synth import write_dataset
-from model.visualize import colorize_heatmap, overlay
-
-log = logging.getLogger(__name__)
+from storage.errors import StorageError
+from webapp.app import create_app
+from webapp.settings import load_settings
 
 DEMO_TRAIN_MINUTES = 1.5
-BACKBONE_NOTE = (
-    "Backbone: **effnet_lite0** — a frozen ImageNet EfficientNet-Lite0 with a trained neck, "
-    "heads and SAM-architecture decoder (the offline default). Full SAM needs Meta's "
-    "checkpoint: `heatprompt weights download sam_vit_b`, then train with "
-    "`--encoder sam_vit_b --sam-checkpoint PATH`."
-)
+DEMO_USER = "demo"
+DEMO_PASSWORD = "heatprompt-demo"
 
 
 @dataclass(frozen=True)
@@ -50,8 +45,12 @@ class DemoPaths:
         return self.root / "models" / "demo-effnet_lite0.pt"
 
 
-def prepare(paths: DemoPaths) -> ModelBundle:
-    """Create the demo dataset, model and incoming images unless they exist already."""
+def prepare(paths: DemoPaths) -> None:
+    """Create the demo dataset, model and incoming images unless they exist already.
+
+    Reproducible: `heatprompt synth --out DIR --seed 0 --count 160` and
+    `heatprompt train --data DIR --out CKPT --max-minutes 1.5` make the same files.
+    """
     if not (paths.dataset / "test").is_dir():
         write_dataset(paths.dataset, seed=0, size=256, count=160)
     if not paths.incoming.is_dir():
@@ -70,77 +69,29 @@ def prepare(paths: DemoPaths) -> ModelBundle:
             device="auto",
             cache_dir=paths.root / "cache" / "features",
         )
-    return load_bundle(paths.checkpoint)
-
-
-def _describe(pred: Prediction) -> str:
-    verdict = "defect" if pred.is_defective else "no defect"
-    return (
-        f"**{verdict}** — defect score {pred.defect_score:.3f}, "
-        f"uncertainty {pred.uncertainty:.3f} (mask threshold {pred.threshold:.2f})"
-    )
-
-
-def build_ui(predictor: Predictor, incoming: list[Path]):  # type: ignore[no-untyped-def]
-    """The demo page: a gallery of incoming images, a detail view, and an upload box."""
-    import gradio as gr
-
-    images = [read_image(p) for p in incoming]
-    preds = predictor.predict_many(images)
-    tiles = [
-        (overlay(im, p.heatmap, p.mask), f"{path.name} · {p.defect_score:.2f}")
-        for path, im, p in zip(incoming, images, preds, strict=True)
-    ]
-
-    def detail(image: np.ndarray, pred: Prediction):  # type: ignore[no-untyped-def]
-        return (
-            overlay(image, pred.heatmap, pred.mask),
-            colorize_heatmap(pred.heatmap),
-            (pred.mask.astype(np.uint8) * 255),
-            _describe(pred),
-        )
-
-    def on_select(evt: gr.SelectData):  # type: ignore[no-untyped-def]
-        return detail(images[evt.index], preds[evt.index])
-
-    def on_upload(image: np.ndarray | None):  # type: ignore[no-untyped-def]
-        if image is None:
-            return None, None, None, "Upload an image to see its heatmap and mask."
-        return detail(image, predictor.predict(image))
-
-    with gr.Blocks(title="HeatPrompt demo") as ui:
-        gr.Markdown("# HeatPrompt — heatmap-prompted SAM for surface defects")
-        gr.Markdown(BACKBONE_NOTE)
-        gallery = gr.Gallery(
-            value=tiles,
-            label="Incoming images (heatmap overlay, mask outline)",
-            columns=6,
-            height=360,
-            elem_id="incoming",
-        )
-        with gr.Row():
-            upload = gr.Image(type="numpy", label="Try your own image", elem_id="upload")
-            out_overlay = gr.Image(label="Overlay", elem_id="overlay")
-            out_heat = gr.Image(label="Heatmap", elem_id="heatmap")
-            out_mask = gr.Image(label="Mask", elem_id="mask")
-        summary = gr.Markdown(_describe(preds[0]) if preds else "", elem_id="summary")
-        outputs = [out_overlay, out_heat, out_mask, summary]
-        gallery.select(on_select, None, outputs)
-        upload.change(on_upload, upload, outputs)
-        if images:
-            ui.load(lambda: detail(images[0], preds[0]), None, outputs)
-    return ui
 
 
 def run_demo(data_dir: Path, *, host: str, port: int, serve: bool = True) -> int:
-    """Prepare the demo and (unless `serve` is False) serve it until interrupted."""
+    """Prepare the demo, start the app with a full queue and serve until interrupted."""
     paths = DemoPaths(Path(data_dir))
-    bundle = prepare(paths)
+    prepare(paths)
+    settings = load_settings(data_dir=paths.root, checkpoint=paths.checkpoint, host=host, port=port)
+    app = create_app(settings)
+    services = app.services
+    with contextlib.suppress(StorageError):  # the demo user exists after the first run
+        services.accounts.add_user(DEMO_USER, DEMO_PASSWORD, role="admin")
     incoming = sorted(p for p in paths.incoming.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    for path in incoming:
+        services.ingest(path.read_bytes(), path.name, source="demo")
+    services.wait_for_predictions()
+    counts = services.repo.counts()
+    print(f"demo ready: {counts['images']} images, {counts['pending']} waiting for review")
     if not serve:
-        print(f"demo ready: {len(incoming)} incoming images, model {paths.checkpoint}")
+        services.shutdown()
         return 0
-    ui = build_ui(Predictor(bundle), incoming)
-    print(f"HeatPrompt demo on http://{host}:{port}")
-    ui.launch(server_name=host, server_port=port)
+    print(f"open http://{host}:{port}/ and sign in as {DEMO_USER} / {DEMO_PASSWORD}")
+    try:
+        uvicorn.run(app.api, host=host, port=port, log_level="warning")
+    finally:
+        services.shutdown()
     return 0

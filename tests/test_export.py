@@ -1,0 +1,83 @@
+"""Exports of the labelled set: PNG masks, COCO RLE and MVTec-AD layout."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from storage.repository import Repository
+from webapp.export import export_zip
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def labelled(repo: Repository) -> tuple[Repository, dict[int, np.ndarray]]:
+    """Three images: two regions (corrected twice), defect-free, and skipped."""
+    masks: dict[int, np.ndarray] = {}
+    ids = [
+        repo.ingest_image(
+            _png(np.full((20, 30, 3), i * 40, np.uint8)), width=30, height=20, format="PNG"
+        ).id
+        for i in range(3)
+    ]
+    first = np.zeros((20, 30), bool)
+    first[2:5, 2:8] = True
+    repo.save_correction(ids[0], author="a", action="corrected", mask=first)
+    final = first.copy()
+    final[10:15, 20:28] = True  # the newest correction adds a second region
+    repo.save_correction(ids[0], author="b", action="corrected", mask=final)
+    masks[ids[0]] = final
+    repo.save_correction(ids[1], author="a", action="defect_free")
+    masks[ids[1]] = np.zeros((20, 30), bool)
+    repo.save_correction(ids[2], author="a", action="skipped")
+    return repo, masks
+
+
+def test_coco_rle_decodes_to_the_newest_masks(labelled) -> None:  # type: ignore[no-untyped-def]
+    repo, masks = labelled
+    data, count = export_zip(repo, "coco")
+    assert count == 2
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        doc = json.loads(zf.read("annotations.json"))
+        assert {im["file_name"] for im in doc["images"]} <= set(zf.namelist())
+    assert {im["id"] for im in doc["images"]} == set(masks)
+    for image_id, expected in masks.items():
+        anns = [a for a in doc["annotations"] if a["image_id"] == image_id]
+        union = np.zeros_like(expected)
+        for a in anns:
+            rle = {
+                "size": a["segmentation"]["size"],
+                "counts": a["segmentation"]["counts"].encode(),
+            }
+            union |= coco_mask.decode(rle).astype(bool)
+        assert (union == expected).all()
+        assert len(anns) == (2 if expected.any() else 0)
+
+
+def test_png_and_mvtec_layouts(labelled) -> None:  # type: ignore[no-untyped-def]
+    repo, masks = labelled
+    defect_id, clean_id = list(masks)
+    with zipfile.ZipFile(io.BytesIO(export_zip(repo, "png")[0])) as zf:
+        got = np.asarray(Image.open(io.BytesIO(zf.read(f"masks/{defect_id}.png")))) > 0
+        assert (got == masks[defect_id]).all()
+        assert f"images/{clean_id}.png" in zf.namelist()
+    with zipfile.ZipFile(io.BytesIO(export_zip(repo, "mvtec")[0])) as zf:
+        names = set(zf.namelist())
+    assert {
+        f"test/defect/{defect_id}.png",
+        f"ground_truth/defect/{defect_id}_mask.png",
+        f"test/good/{clean_id}.png",
+    } == names
+    with pytest.raises(ValueError, match="export format"):
+        export_zip(repo, "xml")
