@@ -33,7 +33,7 @@ class CheckpointMeta:
     encoder_sha256: str | None
     input_size: int
     embedding_stride: int
-    heads: dict[str, int]
+    heads: dict[str, int | bool]
     label_sigma: float
     mask_threshold: float = 0.5
     metrics: dict[str, Any] = field(default_factory=dict)

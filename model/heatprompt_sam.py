@@ -34,12 +34,14 @@ class HeadsConfig:
     fusion_channels: int = 64
     neck_width: int = 128
     segment_hidden: int = 64
+    high_res: bool = True  # SAM-HQ-style early features in the mask up-sampling
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | bool]:
         return {
             "fusion_channels": self.fusion_channels,
             "neck_width": self.neck_width,
             "segment_hidden": self.segment_hidden,
+            "high_res": self.high_res,
         }
 
 
@@ -78,6 +80,17 @@ class HeatPromptSAM(nn.Module):
             out_channels=self.config.fusion_channels,
         )
         self.heatmap_head = HeatmapHead(in_channels=self.config.fusion_channels)
+        # Early features at the decoder's output resolution (4× the embedding grid).
+        self.high_res: FeatureFusion | None = None
+        if self.config.high_res:
+            upscaled = SAM_EMBED_DIM // 8
+            self.high_res = FeatureFusion(
+                in_channels=encoder.feature_channels,
+                in_strides=encoder.feature_strides,
+                out_stride=max(1, encoder.embedding_stride // 4),
+                width=upscaled,
+                out_channels=upscaled,
+            )
         self.segment_encoding = SegmentEncoding(
             embed_dim=SAM_EMBED_DIM, hidden=self.config.segment_hidden
         )
@@ -150,6 +163,7 @@ class HeatPromptSAM(nn.Module):
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
+            hq_features=None if self.high_res is None else self.high_res(frozen.features),
         )
         mask_logits = low_res
         if low_res.shape[-1] != self.input_size:

@@ -19,8 +19,14 @@ def decode_batched(
     image_pe: torch.Tensor,
     sparse_prompt_embeddings: torch.Tensor,
     dense_prompt_embeddings: torch.Tensor,
+    hq_features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-mask logits (B, 1, 4g, 4g) and IoU predictions (B, 1), one per image."""
+    """Single-mask logits (B, 1, 4g, 4g) and IoU predictions (B, 1), one per image.
+
+    `hq_features` (B, C/8, 4g, 4g), when given, are added to the decoder's up-scaled
+    embedding before the mask is read out: the SAM-HQ remedy that brings early,
+    high-resolution encoder features to thin structures.
+    """
     b = image_embeddings.shape[0]
     if sparse_prompt_embeddings.shape[0] != b or dense_prompt_embeddings.shape[0] != b:
         raise ValueError("one sparse and one dense prompt set per image expected")
@@ -34,6 +40,8 @@ def decode_batched(
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    if hq_features is not None:
+        upscaled = upscaled + hq_features
     # Mask token 0 is SAM's single-mask output (multimask_output=False).
     hyper_in = decoder.output_hypernetworks_mlps[0](mask_tokens_out[:, 0, :]).unsqueeze(1)
     _, uc, uh, uw = upscaled.shape

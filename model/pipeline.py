@@ -20,6 +20,7 @@ from model.checkpoint import load_bundle, new_bundle
 from model.dataset import discover, load_samples, split
 from model.encoders import build_encoder
 from model.feature_cache import FeatureCache
+from model.heatprompt_sam import HeadsConfig
 from model.images import read_image
 from model.inference import resolve_device
 from model.labels import DEFAULT_SIGMA
@@ -43,6 +44,8 @@ def train_from_folders(
     lr: float = 1e-3,
     input_size: int | None = None,
     cache_dir: Path | None = None,
+    patience: int = 8,
+    heads: HeadsConfig | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Discover and load every dataset, split, build a fresh model and train it."""
@@ -51,13 +54,20 @@ def train_from_folders(
     train_s, val_s = split(samples, val_fraction=val_fraction, seed=seed)
     seed_everything(seed)
     enc = build_encoder(encoder, input_size=input_size, sam_checkpoint=sam_checkpoint)
-    bundle = new_bundle(enc, label_sigma=DEFAULT_SIGMA * enc.input_size / 256).to(torch_device)
+    bundle = new_bundle(enc, label_sigma=DEFAULT_SIGMA * enc.input_size / 256, heads=heads).to(
+        torch_device
+    )
     size = enc.input_size
     train_items = load_samples(train_s, size, progress=progress)
     val_items = load_samples(val_s, size, progress=progress)
     cache = FeatureCache(cache_dir or Path(out).parent / ".feature-cache")
     config = TrainConfig(
-        epochs=epochs, max_minutes=max_minutes, seed=seed, batch_size=batch_size, lr=lr
+        epochs=epochs,
+        max_minutes=max_minutes,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
     )
     return train(bundle, train_items, val_items, config, out=out, cache=cache, progress=progress)
 

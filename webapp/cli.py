@@ -49,6 +49,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--input-size", type=int, help="model input side (default per encoder)")
     p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: beside --out)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=8,
+        help="stop after this many epochs without validation improvement",
+    )
     p.set_defaults(func=cmd_train)
 
 

@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 SHARE_SERVER = "api.gradio.app"
 
 
-def share_link_status(port: int) -> str:
+def share_link_status(port: int, *, server: str = SHARE_SERVER) -> str:
     """Try to open a Gradio share tunnel to `port`; say plainly when there is no network."""
     try:
-        socket.create_connection((SHARE_SERVER, 443), timeout=3).close()
+        socket.create_connection((server, 443), timeout=3).close()
     except OSError as exc:
         return (
-            f"share link unavailable: cannot reach {SHARE_SERVER} ({exc.__class__.__name__}); "
+            f"share link unavailable: cannot reach {server} ({exc.__class__.__name__}); "
             "share links need internet access. The app runs locally as usual."
         )
     try:
@@ -48,8 +48,13 @@ def serve(settings: Settings, *, share: bool = False, scheduler: bool = True) ->
     print(f"HeatPrompt on http://{settings.host}:{settings.port}/ (API: /api, docs: /api/docs)")
     if share:
         print(share_link_status(settings.port))
+    from webapp.inbox import InboxWatcher
+
+    inbox = InboxWatcher(app.services, settings.inbox_dir).start()
+    print(f"watching {settings.inbox_dir} for new images")
     try:
         uvicorn.run(app.api, host=settings.host, port=settings.port, log_level="warning")
     finally:
+        inbox.stop()
         app.services.shutdown()
     return 0

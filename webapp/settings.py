@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         return self.data_dir / "blobs"
 
     @property
+    def inbox_dir(self) -> Path:
+        """Watched folder: image files dropped here are ingested (see webapp.inbox)."""
+        return self.data_dir / "inbox"
+
+    @property
     def feature_cache_dir(self) -> Path:
         return self.data_dir / "cache" / "features"
 
