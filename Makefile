@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_model
 	$(BIN)/python -m tests.benchmarks.bench_storage
+	$(BIN)/python -m tests.benchmarks.bench_app
 
 quality: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.quality --max-minutes 15

@@ -387,26 +387,28 @@ def build_ui(services: Services) -> gr.Blocks:
             status_md,
         ]
         ui.load(on_load, [order, opacity], review_out)
-        next_btn.click(next_image, [order, opacity], review_out)
+        next_btn.click(next_image, [order, opacity], review_out, api_name="next_image")
         for button, action in (
             (accept_btn, "accepted"),
             (save_btn, "corrected"),
             (free_btn, "defect_free"),
             (skip_btn, "skipped"),
         ):
-            button.click(act(action), [current, editor, note, order, opacity], review_out)
+            button.click(
+                act(action), [current, editor, note, order, opacity], review_out, api_name=action
+            )
         overlay_img.select(
             add_click, [current, clicks, polarity, opacity], [editor, overlay_img, clicks]
         )
         opacity.release(restyle, [current, opacity, clicks], overlay_img)
         clear_btn.click(clear, [current, opacity], [editor, overlay_img, clicks])
         earlier.change(earlier_mask, [earlier, current], earlier_img)
-        ingest_btn.click(ingest, files, [ingest_table, ingest_md])
+        ingest_btn.click(ingest, files, [ingest_table, ingest_md], api_name="ingest")
         models_out = [models_table, metrics_plot, version_pick, model_md]
         ui.load(models_view, None, models_out)
-        refresh_btn.click(models_view, None, models_out)
+        refresh_btn.click(models_view, None, models_out, api_name="models")
         activate_btn.click(activate, version_pick, [*models_out, models_md])
-        export_btn.click(export, fmt, [export_file, export_md])
+        export_btn.click(export, fmt, [export_file, export_md], api_name="export")
     return ui
 
 

@@ -1,0 +1,73 @@
+"""The Gradio UI driven through `gradio_client` against the launched server (with login)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from tests.webapp_fixtures import PASSWORD, RunningApp
+
+
+@pytest.fixture
+def client(running_app: RunningApp) -> Client:
+    return Client(f"{running_app.url}/", auth=("admin", PASSWORD), verbose=False)
+
+
+def _write_png(path: Path, seed: int) -> Path:
+    img = np.random.default_rng(seed).integers(40, 220, (72, 96, 3), dtype=np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_ingest_reports_stored_duplicates_and_refusals(client: Client, running_app: RunningApp,
+                                                      tmp_path: Path) -> None:
+    a = _write_png(tmp_path / "a.png", 1)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG but not really")
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(_write_png(tmp_path / "b.png", 2), "inner/b.png")
+        zf.write(a, "inner/a-again.png")  # same bytes as a.png
+    table, summary = client.predict([handle_file(str(p)) for p in (a, broken, archive)],
+                                    api_name="/ingest")
+    rows = {r[0]: r[1] for r in table["data"]}
+    assert rows["a.png"] == "stored" and rows["inner/b.png"] == "stored"
+    assert rows["inner/a-again.png"].startswith("duplicate")
+    assert rows["broken.png"].startswith("refused") and "broken.png" in rows["broken.png"]
+    assert summary == "2 stored, 1 duplicates, 1 refused."
+    running_app.app.services.wait_for_predictions()
+
+
+def test_review_save_and_export_through_the_ui_api(client: Client, running_app: RunningApp,
+                                                   tmp_path: Path) -> None:
+    services = running_app.app.services
+    services.ingest(Image_bytes(7), "review.png", source="test")
+    services.wait_for_predictions()
+    out = client.predict("arrival", 0.45, api_name="/next_image")
+    info = next(o for o in out if isinstance(o, str) and o.startswith("**Image "))
+    image_id = int(info.split()[1].strip("*"))
+    assert "defect score" in info and "uncertainty" in info
+    defect_free = client.predict(None, "looks clean", "arrival", 0.45, api_name="/defect_free")
+    assert f"image {image_id}" in defect_free[-1]
+    (last,) = services.repo.corrections_for(image_id)
+    assert last.action.value == "defect_free" and last.author == "admin"
+    assert last.note == "looks clean"
+    path, message = client.predict("COCO JSON (RLE)", api_name="/export")
+    with zipfile.ZipFile(path) as zf:
+        doc = json.loads(zf.read("annotations.json"))
+    assert image_id in {im["id"] for im in doc["images"]}
+    assert "Exported" in message
+
+
+def Image_bytes(seed: int) -> bytes:  # noqa: N802 - reads like the thing it returns
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, format="PNG")
+    return buf.getvalue()
