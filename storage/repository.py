@@ -391,6 +391,21 @@ class Repository:
             s.flush()
             return row.id
 
+    def enqueue_training_run(self, *, trigger: str) -> tuple[int, bool]:
+        """A queued run unless one is queued or running already: (run id, created?)."""
+        with self.session() as s, s.begin():
+            busy = s.scalar(
+                select(TrainingRun.id)
+                .where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))
+                .limit(1)
+            )
+            if busy is not None:
+                return int(busy), False
+            row = TrainingRun(trigger=trigger, correction_watermark=0)
+            s.add(row)
+            s.flush()
+            return row.id, True
+
     def update_training_run(self, run_id: int, **fields: Any) -> TrainingRun:
         """Set fields of a run (status, metrics, log_tail, error, times, …)."""
         unknown = set(fields) - set(TrainingRun.__table__.columns.keys())
@@ -405,6 +420,60 @@ class Repository:
             for key, value in fields.items():
                 setattr(row, key, value)
             return row
+
+    def training_runs(self, limit: int = 50) -> list[TrainingRun]:
+        """The newest runs first."""
+        with self.session() as s:
+            return list(s.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+
+    def active_training_run(self) -> TrainingRun | None:
+        """A queued or running run, if any (at most one trains at a time)."""
+        with self.session() as s:
+            return s.scalar(
+                select(TrainingRun)
+                .where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))
+                .order_by(TrainingRun.id)
+                .limit(1)
+            )
+
+    def last_successful_watermark(self) -> int:
+        """The correction watermark of the newest succeeded run (0 when none)."""
+        with self.session() as s:
+            value = s.scalar(
+                select(TrainingRun.correction_watermark)
+                .where(TrainingRun.status == RunStatus.succeeded)
+                .order_by(TrainingRun.id.desc())
+                .limit(1)
+            )
+            return int(value or 0)
+
+    def count_corrections_since(self, watermark: int) -> int:
+        """Non-skipped corrections with an id above `watermark`."""
+        with self.session() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(Correction)
+                    .where(Correction.id > watermark, Correction.action != CorrectionAction.skipped)
+                )
+                or 0
+            )
+
+    def fail_interrupted_runs(self, reason: str) -> list[int]:
+        """Mark queued / running runs failed (their worker is gone); returns their ids."""
+        with self.session() as s, s.begin():
+            rows = list(
+                s.scalars(
+                    select(TrainingRun).where(
+                        TrainingRun.status.in_([RunStatus.queued, RunStatus.running])
+                    )
+                )
+            )
+            for row in rows:
+                row.status = RunStatus.failed
+                row.error = reason
+                row.finished_at = utcnow()
+            return [r.id for r in rows]
 
     def get_training_run(self, run_id: int) -> TrainingRun:
         with self.session() as s:

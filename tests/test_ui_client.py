@@ -26,8 +26,9 @@ def _write_png(path: Path, seed: int) -> Path:
     return path
 
 
-def test_ingest_reports_stored_duplicates_and_refusals(client: Client, running_app: RunningApp,
-                                                      tmp_path: Path) -> None:
+def test_ingest_reports_stored_duplicates_and_refusals(
+    client: Client, running_app: RunningApp, tmp_path: Path
+) -> None:
     a = _write_png(tmp_path / "a.png", 1)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG but not really")
@@ -35,8 +36,9 @@ def test_ingest_reports_stored_duplicates_and_refusals(client: Client, running_a
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(_write_png(tmp_path / "b.png", 2), "inner/b.png")
         zf.write(a, "inner/a-again.png")  # same bytes as a.png
-    table, summary = client.predict([handle_file(str(p)) for p in (a, broken, archive)],
-                                    api_name="/ingest")
+    table, summary = client.predict(
+        [handle_file(str(p)) for p in (a, broken, archive)], api_name="/ingest"
+    )
     rows = {r[0]: r[1] for r in table["data"]}
     assert rows["a.png"] == "stored" and rows["inner/b.png"] == "stored"
     assert rows["inner/a-again.png"].startswith("duplicate")
@@ -45,8 +47,9 @@ def test_ingest_reports_stored_duplicates_and_refusals(client: Client, running_a
     running_app.app.services.wait_for_predictions()
 
 
-def test_review_save_and_export_through_the_ui_api(client: Client, running_app: RunningApp,
-                                                   tmp_path: Path) -> None:
+def test_review_save_and_export_through_the_ui_api(
+    client: Client, running_app: RunningApp, tmp_path: Path
+) -> None:
     services = running_app.app.services
     services.ingest(Image_bytes(7), "review.png", source="test")
     services.wait_for_predictions()
@@ -66,8 +69,9 @@ def test_review_save_and_export_through_the_ui_api(client: Client, running_app: 
     assert "Exported" in message
 
 
-def Image_bytes(seed: int) -> bytes:  # noqa: N802 - reads like the thing it returns
+def Image_bytes(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), np.uint8)).save(
-        buf, format="PNG")
+        buf, format="PNG"
+    )
     return buf.getvalue()

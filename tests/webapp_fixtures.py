@@ -80,4 +80,4 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     yield RunningApp(f"http://127.0.0.1:{port}", app, tokens, settings.data_dir)
     server.should_exit = True
     thread.join(timeout=10)
-    app.services.shutdown()
+    app.stop()

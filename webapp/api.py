@@ -77,6 +77,12 @@ def build_router(services: Services) -> APIRouter:
         result = services.ingest(data, file.filename or "upload", source=f"api:{user.name}")
         return {"id": result.id, "sha256": result.sha256, "duplicate": result.duplicate}
 
+    @router.post("/predict")
+    async def predict(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
+        """Predict one image now, without storing it (for line systems that need an answer)."""
+        data = await file.read()
+        return services.predict_upload(data, file.filename or "upload")
+
     @router.get("/images/{image_id}")
     def get_image(image_id: int, user: Authed) -> dict[str, Any]:
         return services.image_view(image_id)
@@ -142,20 +148,37 @@ def build_router(services: Services) -> APIRouter:
         services.repo.activate(version_id)
         return {"id": version_id, "status": "active"}
 
+    @router.post("/training-runs", status_code=202)
+    def start_training(user: Annotated[User, Depends(admin)]) -> dict[str, Any]:
+        return {"id": services.request_training(user, trigger=f"api:{user.name}")}
+
     @router.get("/training-runs/{run_id}")
     def get_run(run_id: int, user: Authed) -> dict[str, Any]:
-        run = services.repo.get_training_run(run_id)
-        return {
-            "id": run.id,
-            "status": run.status.value,
-            "trigger": run.trigger,
-            "corrections_used": run.corrections_used,
-            "metrics": run.metrics,
-            "log_tail": run.log_tail,
-            "error": run.error,
-        }
+        return run_view(services.repo.get_training_run(run_id))
 
     return router
+
+
+def run_view(run: Any) -> dict[str, Any]:
+    """A training run as JSON."""
+
+    def iso(t: Any) -> str | None:
+        return t.isoformat() if t is not None else None
+
+    return {
+        "id": run.id,
+        "status": run.status.value,
+        "trigger": run.trigger,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "corrections_used": run.corrections_used,
+        "correction_watermark": run.correction_watermark,
+        "metrics": run.metrics,
+        "model_version": run.model_version_id,
+        "log_tail": run.log_tail,
+        "error": run.error,
+    }
 
 
 def install_error_handlers(app: Any) -> None:

@@ -15,7 +15,10 @@ from storage.engine import make_engine
 from storage.migrate import upgrade
 from storage.repository import Repository
 from webapp.api import build_router, install_error_handlers
+from webapp.hot_swap import HotSwapWatcher
 from webapp.model_server import ModelServer
+from webapp.retraining import RetrainConfig
+from webapp.scheduler import RetrainScheduler
 from webapp.services import Services
 from webapp.settings import Settings
 
@@ -24,10 +27,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Application:
-    """The assembled app and the services behind it."""
+    """The assembled app, the services behind it and its background workers."""
 
     api: FastAPI
     services: Services
+    hot_swap: HotSwapWatcher | None = None
+    scheduler: RetrainScheduler | None = None
+
+    def stop(self) -> None:
+        """Stop background workers and finish queued predictions."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.hot_swap is not None:
+            self.hot_swap.stop()
+        self.services.shutdown()
+
+
+def retrain_config(settings: Settings) -> RetrainConfig:
+    return RetrainConfig(
+        min_new_corrections=settings.retrain_min_corrections,
+        max_minutes=settings.retrain_max_minutes,
+        epochs=settings.retrain_epochs,
+        promotion_margin=settings.promotion_margin,
+        from_scratch=settings.retrain_from_scratch,
+    )
 
 
 def build_services(settings: Settings) -> Services:
@@ -60,9 +83,23 @@ def build_services(settings: Settings) -> Services:
     return services
 
 
-def create_app(settings: Settings, *, ui: bool = True) -> Application:
-    """The FastAPI application (API + optional Gradio UI) over fresh services."""
+def create_app(
+    settings: Settings, *, ui: bool = True, scheduler: bool = False, watch: bool = True
+) -> Application:
+    """The FastAPI application (API + optional Gradio UI) over fresh services.
+
+    `watch` starts the hot-swap watcher (every serving process has one); `scheduler` also
+    runs the retraining scheduler in this process (one process per deployment should).
+    """
     services = build_services(settings)
+    app = Application(api=FastAPI(), services=services)
+    if scheduler:
+        app.scheduler = RetrainScheduler(
+            services, retrain_config(settings), check_minutes=settings.retrain_check_minutes
+        ).start()
+    services.trainer = app.scheduler
+    if watch:
+        app.hot_swap = HotSwapWatcher(services, interval=settings.hot_swap_seconds).start()
     api = FastAPI(
         title="HeatPrompt", openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None
     )
@@ -83,4 +120,5 @@ def create_app(settings: Settings, *, ui: bool = True) -> Application:
             head=page_head(),
             css=page_css(),
         )
-    return Application(api, services)
+    app.api = api
+    return app

@@ -138,6 +138,16 @@ def _add_user(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--data-dir", type=Path)
 
 
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run the retraining scheduler (no UI, no HTTP)")
+    p.add_argument("--data-dir", type=Path)
+    p.set_defaults(func=cmd_worker)
+    r = sub.add_parser("retrain", help="train a new model from the corrections now")
+    r.add_argument("--data-dir", type=Path)
+    r.add_argument("--max-minutes", type=float, help="training time budget")
+    r.set_defaults(func=cmd_retrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `heatprompt`."""
     parser = argparse.ArgumentParser(
@@ -319,6 +329,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, host=args.host, port=args.port, checkpoint=args.checkpoint
     )
     return serve(settings, share=args.share, scheduler=not args.no_scheduler)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from webapp.app import create_app
+    from webapp.settings import load_settings
+
+    settings = load_settings(data_dir=args.data_dir)
+    app = create_app(settings, ui=False, scheduler=True, watch=False)
+    print(
+        f"worker: checking for new corrections every {settings.retrain_check_minutes} min "
+        f"(at least {settings.retrain_min_corrections} start a run)"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    app.stop()
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from webapp.app import build_services, retrain_config
+    from webapp.retraining import run_retraining
+    from webapp.settings import load_settings
+
+    settings = load_settings(data_dir=args.data_dir)
+    if args.max_minutes:
+        settings = settings.model_copy(update={"retrain_max_minutes": args.max_minutes})
+    services = build_services(settings)
+    run_id, created = services.repo.enqueue_training_run(trigger="cli")
+    if not created:
+        raise ValueError(f"training run {run_id} is already queued or running")
+    version = run_retraining(
+        services.repo,
+        run_id,
+        models_dir=settings.data_dir / "models",
+        cache_dir=settings.feature_cache_dir,
+        config=retrain_config(settings),
+        sam_checkpoint=settings.sam_checkpoint,
+    )
+    run = services.repo.get_training_run(run_id)
+    services.shutdown()
+    if version is None:
+        raise ValueError(f"training run {run_id} failed: {run.error}")
+    print(f"run {run_id}: model version {version}; {run.metrics.get('decision')}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,7 +76,7 @@ def run_demo(data_dir: Path, *, host: str, port: int, serve: bool = True) -> int
     paths = DemoPaths(Path(data_dir))
     prepare(paths)
     settings = load_settings(data_dir=paths.root, checkpoint=paths.checkpoint, host=host, port=port)
-    app = create_app(settings)
+    app = create_app(settings, scheduler=True)
     services = app.services
     with contextlib.suppress(StorageError):  # the demo user exists after the first run
         services.accounts.add_user(DEMO_USER, DEMO_PASSWORD, role="admin")
@@ -87,11 +87,11 @@ def run_demo(data_dir: Path, *, host: str, port: int, serve: bool = True) -> int
     counts = services.repo.counts()
     print(f"demo ready: {counts['images']} images, {counts['pending']} waiting for review")
     if not serve:
-        services.shutdown()
+        app.stop()
         return 0
     print(f"open http://{host}:{port}/ and sign in as {DEMO_USER} / {DEMO_PASSWORD}")
     try:
         uvicorn.run(app.api, host=host, port=port, log_level="warning")
     finally:
-        services.shutdown()
+        app.stop()
     return 0

@@ -42,9 +42,9 @@ def share_link_status(port: int, *, server: str = SHARE_SERVER) -> str:
 def serve(settings: Settings, *, share: bool = False, scheduler: bool = True) -> int:
     """Build the app and serve it until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, scheduler=scheduler)
     if not scheduler:
-        log.info("web process only: no retraining scheduler in this process")
+        log.info("web process only: retraining runs in `heatprompt worker`")
     print(f"HeatPrompt on http://{settings.host}:{settings.port}/ (API: /api, docs: /api/docs)")
     if share:
         print(share_link_status(settings.port))
@@ -56,5 +56,5 @@ def serve(settings: Settings, *, share: bool = False, scheduler: bool = True) ->
         uvicorn.run(app.api, host=settings.host, port=settings.port, log_level="warning")
     finally:
         inbox.stop()
-        app.services.shutdown()
+        app.stop()
     return 0

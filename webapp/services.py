@@ -6,6 +6,7 @@ They compose storage (rows and blobs) with the served model; neither `model` nor
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import threading
@@ -65,6 +66,8 @@ class Services:
     accounts: Accounts
     models: ModelServer
 
+    trainer: Any = None  # the RetrainScheduler when this process runs one
+
     def __post_init__(self) -> None:
         self._predict_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._pending: set[Future[Any]] = set()
@@ -107,6 +110,24 @@ class Services:
             futures = list(self._pending)
         for f in futures:
             f.result(timeout=timeout)
+
+    def predict_upload(self, data: bytes, name: str) -> dict[str, Any]:
+        """Validate and predict an upload without storing anything."""
+        decoded = decode_upload(
+            data,
+            name,
+            max_bytes=self.settings.max_image_bytes,
+            max_pixels=self.settings.max_image_pixels,
+        )
+        sha = hashlib.sha256(data).hexdigest()
+        pred, version_id = self.models.predict(decoded.rgb, sha256=sha)
+        return {
+            "model_version": version_id,
+            "defect_score": pred.defect_score,
+            "uncertainty": pred.uncertainty,
+            "defective": pred.is_defective,
+            "defect_pixels": int(pred.mask.sum()),
+        }
 
     def image_rgb(self, image_id: int) -> np.ndarray:
         return decode_image(self.repo.image_bytes(image_id), name=f"image {image_id}")
@@ -214,6 +235,16 @@ class Services:
             prediction_id=pred.id if pred else None,
             note=note,
         )
+
+    def request_training(self, user: User, trigger: str = "manual") -> int:
+        """Ask for a training run now (admins): started here when this process runs the
+        scheduler, otherwise queued for the worker's next check."""
+        if user.role is not Role.admin:
+            raise PermissionDenied(f"user {user.name!r} is not an admin")
+        if self.trainer is not None:
+            return int(self.trainer.request(trigger))
+        run_id, _ = self.repo.enqueue_training_run(trigger=trigger)
+        return run_id
 
     def check_login(self, username: str, password: str) -> bool:
         """Gradio's login check against the users table."""

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     lease_seconds: float = 600.0
+    retrain_check_minutes: float = Field(default=10.0, gt=0)
+    retrain_min_corrections: int = Field(default=20, ge=1)
+    retrain_max_minutes: float = Field(default=10.0, gt=0)
+    retrain_epochs: int = Field(default=30, ge=1)
+    retrain_from_scratch: bool = False
+    promotion_margin: float = Field(default=0.01, ge=0)
+    hot_swap_seconds: float = Field(default=5.0, gt=0)
     checkpoint: Path | None = None  # served when the database has no active version yet
     sam_checkpoint: Path | None = None  # Meta's SAM weights, for sam_vit_* models
 

@@ -107,7 +107,7 @@ def main() -> None:
         services.wait_for_predictions(timeout=600)
         parallel = args.images / (time.perf_counter() - start)
         server.should_exit = True
-        services.shutdown()
+        app.stop()
     result = {
         "show_seen_image_ms_p50": 1000 * statistics.median(shows),
         "refine_cached_ms_p50": 1000 * statistics.median(refines),

@@ -1,0 +1,186 @@
+"""The retraining scheduler: APScheduler 3 with its job store in the application database.
+
+A check runs every N minutes (and on demand); it starts a training run when at least K new
+corrections arrived since the last successful run's watermark. Training runs in a separate
+process (spawned), so the web process keeps answering; only one runs at a time; runs left
+`running` by a worker that died are marked failed on the next check or start.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from storage.schema import RunStatus
+from webapp.retraining import RetrainConfig
+from webapp.services import Services
+from webapp.settings import Settings
+
+log = logging.getLogger(__name__)
+JOB_ID = "retrain-check"
+_current: RetrainScheduler | None = None  # the job store pickles a function, not objects
+
+
+def scheduled_check() -> None:
+    """APScheduler's job target: run the check of this process's scheduler."""
+    if _current is not None:
+        _current.check(trigger="schedule")
+
+
+def training_process_main(
+    settings_data: dict[str, Any], run_id: int, config: dict[str, Any]
+) -> None:
+    """Entry point of the spawned training process."""
+    from storage.blobs import BlobStore
+    from storage.engine import make_engine
+    from storage.repository import Repository
+    from webapp.retraining import run_retraining
+
+    settings = Settings(**settings_data)
+    repo = Repository(
+        make_engine(settings.resolved_database_url),
+        BlobStore(settings.blob_dir),
+        holdout_percent=settings.holdout_percent,
+    )
+    run_retraining(
+        repo,
+        run_id,
+        models_dir=settings.data_dir / "models",
+        cache_dir=settings.feature_cache_dir,
+        config=RetrainConfig(**config),
+        sam_checkpoint=settings.sam_checkpoint,
+    )
+
+
+class RetrainScheduler:
+    """Owns the APScheduler instance and the training process it may start."""
+
+    def __init__(self, services: Services, config: RetrainConfig, *, check_minutes: float) -> None:
+        self.services = services
+        self.config = config
+        self.check_minutes = check_minutes
+        self._lock = threading.Lock()
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._run_id: int | None = None
+        self._scheduler: BackgroundScheduler | None = None
+
+    def start(self) -> RetrainScheduler:
+        global _current
+        _current = self
+        interrupted = self.services.repo.fail_interrupted_runs("interrupted: the worker stopped")
+        for run_id in interrupted:
+            log.warning("training run %s was interrupted; marked failed", run_id)
+        store = SQLAlchemyJobStore(engine=self.services.repo.engine)
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": store},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._scheduler.start()
+        # replace_existing: a restart updates the one stored job instead of adding another;
+        # a run missed during downtime fires once (coalesced) when the scheduler is back.
+        self._scheduler.add_job(
+            scheduled_check,
+            "interval",
+            minutes=self.check_minutes,
+            id=JOB_ID,
+            replace_existing=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        global _current
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        _current = None
+
+    def check(self, *, trigger: str) -> int | None:
+        """Start a queued run (e.g. from the API of another process), or a new one when
+        enough new corrections exist; returns the id of the run started, or None."""
+        with self._lock:
+            self._reap()
+            if self.busy:
+                return None
+            repo = self.services.repo
+            waiting = repo.active_training_run()
+            if waiting is not None:
+                # Queued (by this or another process): start it. Running: another worker has it.
+                return self._launch(waiting.id) if waiting.status is RunStatus.queued else None
+            new = repo.count_corrections_since(repo.last_successful_watermark())
+            if new < self.config.min_new_corrections:
+                return None
+            run_id, created = repo.enqueue_training_run(trigger=trigger)
+            return self._launch(run_id) if created else None
+
+    def request(self, trigger: str) -> int:
+        """Train now (on demand): the id of the started run, or of the one already busy."""
+        with self._lock:
+            self._reap()
+            run_id, _ = self.services.repo.enqueue_training_run(trigger=trigger)
+            run = self.services.repo.get_training_run(run_id)
+            if run.status is RunStatus.queued and not self.busy:
+                self._launch(run_id)
+            return run_id
+
+    def _launch(self, run_id: int) -> int:
+        """Spawn the training process for a queued run (caller holds the lock)."""
+        config = asdict(self.config)
+        if config["threads"] is None:  # leave the web process a core
+            config["threads"] = max(1, (os.cpu_count() or 2) - 1)
+        ctx = multiprocessing.get_context("spawn")
+        self._process = ctx.Process(
+            target=training_process_main,
+            name=f"train-{run_id}",
+            args=(self.services.settings.model_dump(), run_id, config),
+            daemon=True,
+        )
+        self._process.start()
+        self._run_id = run_id
+        threading.Thread(target=self._watch, args=(self._process, run_id), daemon=True).start()
+        log.info("training run %s started, pid %s", run_id, self._process.pid)
+        return run_id
+
+    def cancel(self) -> bool:
+        """Stop the running training process; its run is marked cancelled."""
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                return False
+            self._process.terminate()
+            self._process.join(timeout=10)
+            self.services.repo.update_training_run(
+                self._run_id, status=RunStatus.cancelled, error="cancelled by a user"
+            )
+            return True
+
+    def _watch(self, process: multiprocessing.process.BaseProcess, run_id: int) -> None:
+        """After the training process ends: fail its run if it died without finishing it,
+        then start a run that was queued meanwhile."""
+        process.join()
+        repo = self.services.repo
+        run = repo.get_training_run(run_id)
+        if run.status in (RunStatus.queued, RunStatus.running):
+            repo.update_training_run(
+                run_id,
+                status=RunStatus.failed,
+                error=f"training process exited with code {process.exitcode}",
+            )
+        with self._lock:
+            if self._process is process:
+                self._process = None
+            waiting = repo.active_training_run()
+            if waiting is not None and waiting.status is RunStatus.queued and not self.busy:
+                self._launch(waiting.id)
+
+    def _reap(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            self._process = None
+
+    @property
+    def busy(self) -> bool:
+        return self._process is not None and self._process.is_alive()
