@@ -44,7 +44,7 @@ def train_from_folders(
     lr: float = 1e-3,
     input_size: int | None = None,
     cache_dir: Path | None = None,
-    patience: int = 8,
+    patience: int = 15,
     heads: HeadsConfig | None = None,
     progress: bool = True,
 ) -> TrainResult:

@@ -45,7 +45,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
-    patience: int = 8
+    patience: int = 15
     seed: int = 0
     augment: bool = True
     prompt_dropout: float = 0.2

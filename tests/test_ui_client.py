@@ -75,3 +75,14 @@ def Image_bytes(seed: int) -> bytes:
         buf, format="PNG"
     )
     return buf.getvalue()
+
+
+def test_retrain_now_queues_a_run_and_shows_it(client: Client, running_app: RunningApp) -> None:
+    table, _plot, live, message = client.predict(api_name="/retrain")
+    run = running_app.app.services.repo.active_training_run()
+    assert run is not None and run.status.value == "queued"  # no scheduler here: the worker's
+    assert f"Training run {run.id}" in message
+    assert table["data"][0][0] == run.id and f"run {run.id}" in live
+    viewer = Client(f"{running_app.url}/", auth=("viewer", PASSWORD), verbose=False)
+    *_, refused = viewer.predict(api_name="/retrain")
+    assert "not an admin" in refused

@@ -52,7 +52,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patience",
         type=int,
-        default=8,
+        default=15,
         help="stop after this many epochs without validation improvement",
     )
     p.set_defaults(func=cmd_train)

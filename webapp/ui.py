@@ -264,6 +264,50 @@ def build_ui(services: Services) -> gr.Blocks:
             return (*models_view(), f"⚠ version {version_id} not activated: {exc}")
         return (*models_view(), f"Version {version_id} is now active.")
 
+    # ------------------------------------------------------------------ training runs
+    def runs_view(selected: int | None = None):  # type: ignore[no-untyped-def]
+        runs = repo.training_runs(limit=20)
+        table = [
+            [
+                r.id,
+                r.status.value,
+                r.trigger,
+                r.started_at.strftime("%H:%M:%S") if r.started_at else "",
+                r.finished_at.strftime("%H:%M:%S") if r.finished_at else "",
+                r.corrections_used,
+                r.model_version_id,
+                (r.metrics or {}).get("decision") or r.error or "",
+            ]
+            for r in runs
+        ]
+        run = next((r for r in runs if r.id == selected), runs[0] if runs else None)
+        points = []
+        if run is not None:
+            for rec in (run.metrics or {}).get("history", []):
+                points.append({"epoch": rec["epoch"], "series": "train loss", "value": rec["loss"]})
+                if "val_score" in rec:
+                    points.append(
+                        {"epoch": rec["epoch"], "series": "val score", "value": rec["val_score"]}
+                    )
+        frame = pd.DataFrame(points, columns=["epoch", "series", "value"])
+        live = "no training run yet"
+        if run is not None:
+            live = f"run {run.id}: **{run.status.value}**"
+            if run.log_tail:
+                live += f" — {run.log_tail.strip().splitlines()[-1]}"
+        return table, frame, live
+
+    def retrain_now(request: gr.Request):  # type: ignore[no-untyped-def]
+        user = _user(services, request)
+        try:
+            if user is None:
+                raise PermissionDenied("sign in as an admin to start training")
+            run_id = services.request_training(user, trigger=f"ui:{user.name}")
+            message = f"Training run {run_id} started (or already in progress)."
+        except PermissionDenied as exc:
+            message = f"⚠ {exc}"
+        return (*runs_view(), message)
+
     # ------------------------------------------------------------------ export
     def export(fmt: str):  # type: ignore[no-untyped-def]
         code = {"PNG masks": "png", "COCO JSON (RLE)": "coco", "MVTec-AD layout": "mvtec"}[fmt]
@@ -364,6 +408,31 @@ def build_ui(services: Services) -> gr.Blocks:
                 activate_btn = gr.Button("Promote / roll back to this version (admin)")
                 refresh_btn = gr.Button("Refresh")
             models_md = gr.Markdown()
+            gr.Markdown("### Training")
+            with gr.Row():
+                retrain_btn = gr.Button("Retrain now (admin)", elem_id="btn-retrain")
+                live_md = gr.Markdown(elem_id="training-live")
+            runs_table = gr.Dataframe(
+                headers=[
+                    "run",
+                    "status",
+                    "trigger",
+                    "started",
+                    "finished",
+                    "corrections",
+                    "version",
+                    "decision / error",
+                ],
+                interactive=False,
+            )
+            loss_plot = gr.LinePlot(
+                x="epoch",
+                y="value",
+                color="series",
+                title="Training loss and validation score of the run",
+                height=240,
+            )
+            timer = gr.Timer(3.0)
         with gr.Tab("Export"):
             fmt = gr.Radio(
                 ["PNG masks", "COCO JSON (RLE)", "MVTec-AD layout"],
@@ -408,6 +477,10 @@ def build_ui(services: Services) -> gr.Blocks:
         ui.load(models_view, None, models_out)
         refresh_btn.click(models_view, None, models_out, api_name="models")
         activate_btn.click(activate, version_pick, [*models_out, models_md])
+        runs_out = [runs_table, loss_plot, live_md]
+        ui.load(runs_view, None, runs_out)
+        timer.tick(runs_view, None, runs_out)  # live status while a run trains
+        retrain_btn.click(retrain_now, None, [*runs_out, models_md], api_name="retrain")
         export_btn.click(export, fmt, [export_file, export_md], api_name="export")
     return ui
 

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep data and checkpoint here")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
-    parser.add_argument("--patience", type=int, default=8, help="early-stopping patience")
+    parser.add_argument("--patience", type=int, default=15, help="early-stopping patience")
     parser.add_argument(
         "--no-high-res",
         action="store_true",
