@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_model
 	$(BIN)/python -m tests.benchmarks.bench_storage
 	$(BIN)/python -m tests.benchmarks.bench_app
+	$(BIN)/python -m tests.benchmarks.bench_loop
 
 quality: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.quality --max-minutes 15

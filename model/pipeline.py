@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from model.checkpoint import load_bundle, new_bundle
 from model.dataset import discover, load_samples, split
+from model.distributed import init_from_environment
 from model.encoders import build_encoder
 from model.feature_cache import FeatureCache
 from model.heatprompt_sam import HeadsConfig
@@ -49,7 +51,10 @@ def train_from_folders(
     progress: bool = True,
 ) -> TrainResult:
     """Discover and load every dataset, split, build a fresh model and train it."""
+    ctx = init_from_environment()  # joins the torchrun job when launched by torchrun
     torch_device = resolve_device(device)
+    if ctx.active and torch_device.type == "cuda":
+        torch_device = torch.device("cuda", torch.cuda.current_device())
     samples = [s for folder in data for s in discover(folder)]
     train_s, val_s = split(samples, val_fraction=val_fraction, seed=seed)
     seed_everything(seed)

@@ -25,6 +25,14 @@ from tqdm import tqdm
 from model.augment import TRANSFORMS, apply_transform
 from model.checkpoint import ModelBundle, save_checkpoint
 from model.dataset import LoadedSample
+from model.distributed import (
+    DistContext,
+    any_rank,
+    barrier,
+    from_main,
+    shard,
+    step_module,
+)
 from model.evaluate import best_threshold, predict_probs
 from model.feature_cache import FeatureCache
 from model.inference import encode_images
@@ -146,7 +154,15 @@ def train(
     best, best_report, stale, step, stopped_by = -1.0, None, 0, 0, "epochs"
     history: list[dict[str, float]] = []
     bundle.meta.train_config = config.as_dict()
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress)
+    ctx = DistContext.current()
+    step_fn = step_module(heads, ctx)
+    if ctx.active:
+        total_steps = max(
+            1, math.ceil(len(train_items) / ctx.world_size / config.batch_size) * config.epochs
+        )
+    bar = tqdm(
+        total=total_steps, desc="training", unit="step", disable=not progress or not ctx.is_main
+    )
 
     def lr_at(step: int) -> float:
         done = step / total_steps
@@ -162,6 +178,7 @@ def train(
         heads.train()
         order = [(i, rng.choice(transforms)) for i in range(len(train_items))]
         rng.shuffle(order)
+        order = shard(order, ctx)  # every rank shuffles alike, then takes its own share
         losses: list[float] = []
         for b0 in range(0, len(order), config.batch_size):
             batch = order[b0 : b0 + config.batch_size]
@@ -184,10 +201,12 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             with torch.autocast(device.type, enabled=use_amp):
-                output = heads(frozen, use_prompt=keep.to(device), points=points)
+                heat_logits, mask_logits = step_fn(
+                    frozen, use_prompt=keep.to(device), points=points
+                )
             terms = heatprompt_loss(
-                output.heatmap_logits,
-                output.mask_logits,
+                heat_logits,
+                mask_logits,
                 heats.to(device),
                 masks.to(device),
                 config.loss,
@@ -200,7 +219,7 @@ def train(
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
-            if budget and time.monotonic() - start > budget:
+            if any_rank(bool(budget) and time.monotonic() - start > budget, ctx):
                 stopped_by = "time"
                 break
         record: dict[str, float] = {
@@ -209,7 +228,8 @@ def train(
             "loss": float(np.mean(losses)),
             "elapsed_s": time.monotonic() - start,
         }
-        if val_items:
+        report = None
+        if val_items and ctx.is_main:
             probs = predict_probs(bundle, val_items, cache=cache, batch_size=config.batch_size)
             report = segmentation_report(
                 probs,
@@ -220,14 +240,16 @@ def train(
             score = review_score(report)
             record.update(val_score=score, val_miou=report["miou"] or 0.0)
         else:
-            score, report = -float(np.mean(losses)), None
+            score = -float(np.mean(losses))
+        score = from_main(score, ctx)  # every rank follows rank 0's early-stopping decision
         history.append(record)
         if on_epoch:
             on_epoch(record)
         if score > best:
             best, best_report, stale = score, report, 0
             bundle.meta.metrics = {"val": report, "history": history}
-            save_checkpoint(out, bundle)
+            if ctx.is_main:
+                save_checkpoint(out, bundle)
         else:
             stale += 1
         if stopped_by == "time":
@@ -236,12 +258,13 @@ def train(
             stopped_by = "early_stopping"
             break
     bar.close()
+    barrier(ctx)
     # Reload the best weights, calibrate the mask threshold on validation data, save again.
     from model.checkpoint import read_checkpoint
 
     _, state = read_checkpoint(out)
     heads.load_trainable_state_dict(state)
-    if val_items:
+    if val_items and ctx.is_main:
         probs = predict_probs(bundle, val_items, cache=cache, batch_size=config.batch_size)
         bundle.meta.mask_threshold = float(best_threshold(probs, val_items, THRESHOLD_GRID))
         best_report = segmentation_report(
@@ -251,6 +274,8 @@ def train(
             threshold=bundle.meta.mask_threshold,
         )
     bundle.meta.metrics = {"val": best_report, "history": history, "stopped_by": stopped_by}
-    save_checkpoint(out, bundle)
+    if ctx.is_main:
+        save_checkpoint(out, bundle)
+    barrier(ctx)
     heads.eval()
     return TrainResult(out, best, epoch, stopped_by, history, best_report)

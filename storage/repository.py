@@ -421,6 +421,22 @@ class Repository:
                 setattr(row, key, value)
             return row
 
+    def cancel_training_run(self, run_id: int) -> bool:
+        """Mark a queued or running run cancelled (its trainer stops at the next epoch);
+        False when it had already finished."""
+        with self.session() as s, s.begin():
+            result = s.execute(
+                update(TrainingRun)
+                .where(
+                    TrainingRun.id == run_id,
+                    TrainingRun.status.in_([RunStatus.queued, RunStatus.running]),
+                )
+                .values(status=RunStatus.cancelled, error="cancelled by a user")
+            )
+            if result.rowcount == 0 and s.get(TrainingRun, run_id) is None:
+                raise NotFoundError(f"no training run with id {run_id}")
+            return result.rowcount == 1
+
     def training_runs(self, limit: int = 50) -> list[TrainingRun]:
         """The newest runs first."""
         with self.session() as s:

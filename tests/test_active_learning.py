@@ -263,3 +263,32 @@ def test_no_request_fails_during_swaps(loop: Loop) -> None:
         server.should_exit = True
     assert outcomes and all(code == 200 for code, _ in outcomes)
     assert {v for _, v in outcomes} >= set(promoted)
+
+
+def test_cancelling_stops_the_run_without_a_new_version(loop: Loop) -> None:
+    repo = loop.services.repo
+    served = loop.services.models.current.version_id  # type: ignore[union-attr]
+    versions_before = len(repo.model_versions())
+    run_id = loop.scheduler.request("test")
+    assert wait_until(lambda: repo.get_training_run(run_id).status is RunStatus.running, 60)
+    assert repo.cancel_training_run(run_id)
+    assert wait_until(lambda: not loop.scheduler.busy, 120)
+    run = repo.get_training_run(run_id)
+    assert run.status is RunStatus.cancelled and "cancelled" in run.log_tail
+    assert len(repo.model_versions()) == versions_before
+    assert loop.services.models.current.version_id == served  # type: ignore[union-attr]
+    assert not repo.cancel_training_run(run_id)  # already over
+
+
+def test_a_check_missed_during_downtime_runs_at_start(loop: Loop) -> None:
+    repo = loop.services.repo
+    loop.scheduler.stop()  # the worker goes down …
+    run_id, created = repo.enqueue_training_run(trigger="api:ops")  # … while work is queued
+    assert created
+    with repo.engine.begin() as conn:  # … and the next check falls into the downtime
+        conn.execute(text("update apscheduler_jobs set next_run_time = 0"))
+    restarted = RetrainScheduler(loop.services, loop.scheduler.config, check_minutes=60).start()
+    loop.app.scheduler = restarted
+    loop.services.trainer = restarted
+    assert wait_until(lambda: repo.get_training_run(run_id).status is not RunStatus.queued, 30)
+    assert wait_for_run(loop, run_id) is RunStatus.succeeded

@@ -194,3 +194,21 @@ def test_model_endpoints(running_app: RunningApp) -> None:
         ).status_code
         == 404
     )
+
+
+def test_training_runs_can_be_queued_and_cancelled(running_app: RunningApp) -> None:
+    url = f"{running_app.url}/api/training-runs"
+    assert httpx.post(url, headers=running_app.auth("inspector")).status_code == 403
+    started = httpx.post(url, headers=running_app.auth("admin"))
+    assert started.status_code == 202
+    run_id = started.json()["id"]
+    assert (
+        httpx.get(f"{url}/{run_id}", headers=running_app.auth("viewer")).json()["status"]
+        == "queued"
+    )  # no scheduler in this process: the worker would start it
+    cancel = httpx.post(f"{url}/{run_id}/cancel", headers=running_app.auth("admin")).json()
+    assert cancel == {"id": run_id, "cancelled": True, "status": "cancelled"}
+    again = httpx.post(f"{url}/{run_id}/cancel", headers=running_app.auth("admin")).json()
+    assert again["cancelled"] is False
+    missing = httpx.post(f"{url}/999/cancel", headers=running_app.auth("admin"))
+    assert missing.status_code == 404

@@ -78,7 +78,7 @@ def test_inspector_paints_and_saves_a_correction(running_app: RunningApp) -> Non
         page.wait_for_timeout(500)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)  # heatmap + painted stroke
-        page.click("#btn-save")
+        page.keyboard.press("s")  # the Save-correction shortcut
         deadline = time.monotonic() + 30
         new = []
         while time.monotonic() < deadline and not new:

@@ -152,6 +152,15 @@ def build_router(services: Services) -> APIRouter:
     def start_training(user: Annotated[User, Depends(admin)]) -> dict[str, Any]:
         return {"id": services.request_training(user, trigger=f"api:{user.name}")}
 
+    @router.post("/training-runs/{run_id}/cancel")
+    def cancel_training(run_id: int, user: Annotated[User, Depends(admin)]) -> dict[str, Any]:
+        cancelled = services.repo.cancel_training_run(run_id)
+        return {
+            "id": run_id,
+            "cancelled": cancelled,
+            "status": services.repo.get_training_run(run_id).status.value,
+        }
+
     @router.get("/training-runs/{run_id}")
     def get_run(run_id: int, user: Authed) -> dict[str, Any]:
         return run_view(services.repo.get_training_run(run_id))

@@ -35,6 +35,10 @@ from storage.schema import RunStatus, VersionStatus, utcnow
 log = logging.getLogger(__name__)
 
 
+class Cancelled(Exception):
+    """A user cancelled the run (its row says so); raised between epochs."""
+
+
 @dataclass(frozen=True)
 class RetrainConfig:
     """Knobs of the active-learning loop (from the app settings)."""
@@ -126,6 +130,8 @@ def run_retraining(
         history: list[dict[str, float]] = []
 
         def on_epoch(record: dict[str, float]) -> None:
+            if repo.get_training_run(run_id).status is RunStatus.cancelled:
+                raise Cancelled  # cancellation travels through the database
             history.append(record)
             repo.update_training_run(run_id, metrics={"history": history})
             note(f"epoch {int(record['epoch'])}: loss {record['loss']:.4f}")
@@ -190,6 +196,10 @@ def run_retraining(
             | {"promoted": promote, "decision": why, "seconds": time.monotonic() - started},
         )
         return version
+    except Cancelled:
+        note("cancelled by a user; no model version was registered")
+        repo.update_training_run(run_id, finished_at=utcnow())
+        return None
     except Exception as exc:  # recorded on the run; the served model is not touched
         log.exception("training run %s failed", run_id)
         note(traceback.format_exc(limit=3))

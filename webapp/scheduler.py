@@ -68,7 +68,6 @@ class RetrainScheduler:
         self.check_minutes = check_minutes
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._run_id: int | None = None
         self._scheduler: BackgroundScheduler | None = None
 
     def start(self) -> RetrainScheduler:
@@ -141,22 +140,9 @@ class RetrainScheduler:
             daemon=True,
         )
         self._process.start()
-        self._run_id = run_id
         threading.Thread(target=self._watch, args=(self._process, run_id), daemon=True).start()
         log.info("training run %s started, pid %s", run_id, self._process.pid)
         return run_id
-
-    def cancel(self) -> bool:
-        """Stop the running training process; its run is marked cancelled."""
-        with self._lock:
-            if self._process is None or not self._process.is_alive():
-                return False
-            self._process.terminate()
-            self._process.join(timeout=10)
-            self.services.repo.update_training_run(
-                self._run_id, status=RunStatus.cancelled, error="cancelled by a user"
-            )
-            return True
 
     def _watch(self, process: multiprocessing.process.BaseProcess, run_id: int) -> None:
         """After the training process ends: fail its run if it died without finishing it,

@@ -308,6 +308,18 @@ def build_ui(services: Services) -> gr.Blocks:
             message = f"⚠ {exc}"
         return (*runs_view(), message)
 
+    def cancel_run(request: gr.Request):  # type: ignore[no-untyped-def]
+        user = _user(services, request)
+        running = repo.active_training_run()
+        if user is None or user.role.value != "admin":
+            message = "⚠ Only admins can cancel training."
+        elif running is None:
+            message = "No training run is queued or running."
+        else:
+            repo.cancel_training_run(running.id)
+            message = f"Training run {running.id} cancelled; it stops after its current epoch."
+        return (*runs_view(), message)
+
     # ------------------------------------------------------------------ export
     def export(fmt: str):  # type: ignore[no-untyped-def]
         code = {"PNG masks": "png", "COCO JSON (RLE)": "coco", "MVTec-AD layout": "mvtec"}[fmt]
@@ -411,6 +423,7 @@ def build_ui(services: Services) -> gr.Blocks:
             gr.Markdown("### Training")
             with gr.Row():
                 retrain_btn = gr.Button("Retrain now (admin)", elem_id="btn-retrain")
+                cancel_btn = gr.Button("Cancel training (admin)", elem_id="btn-cancel")
                 live_md = gr.Markdown(elem_id="training-live")
             runs_table = gr.Dataframe(
                 headers=[
@@ -481,6 +494,7 @@ def build_ui(services: Services) -> gr.Blocks:
         ui.load(runs_view, None, runs_out)
         timer.tick(runs_view, None, runs_out)  # live status while a run trains
         retrain_btn.click(retrain_now, None, [*runs_out, models_md], api_name="retrain")
+        cancel_btn.click(cancel_run, None, [*runs_out, models_md], api_name="cancel_training")
         export_btn.click(export, fmt, [export_file, export_md], api_name="export")
     return ui
 
