@@ -15,7 +15,9 @@ def alembic_config(engine: Engine) -> Config:
     """An Alembic config bound to `engine` (no alembic.ini needed)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # ConfigParser interpolates '%': escape it (URLs may carry %-encoded options).
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    config.set_main_option("sqlalchemy.url", url)
     return config
 
 

@@ -476,14 +476,11 @@ class Repository:
             )
 
     def fail_interrupted_runs(self, reason: str) -> list[int]:
-        """Mark queued / running runs failed (their worker is gone); returns their ids."""
+        """Mark `running` runs failed (their worker is gone); returns their ids. Queued runs
+        are kept: the scheduler starts them."""
         with self.session() as s, s.begin():
             rows = list(
-                s.scalars(
-                    select(TrainingRun).where(
-                        TrainingRun.status.in_([RunStatus.queued, RunStatus.running])
-                    )
-                )
+                s.scalars(select(TrainingRun).where(TrainingRun.status == RunStatus.running))
             )
             for row in rows:
                 row.status = RunStatus.failed

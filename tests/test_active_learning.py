@@ -282,12 +282,13 @@ def test_cancelling_stops_the_run_without_a_new_version(loop: Loop) -> None:
 
 def test_a_check_missed_during_downtime_runs_at_start(loop: Loop) -> None:
     repo = loop.services.repo
-    loop.scheduler.stop()  # the worker goes down …
+    loop.scheduler.stop()
+    fast = RetrainScheduler(loop.services, loop.scheduler.config, check_minutes=0.03).start()
+    fast.stop()  # the worker goes down right after storing a check due in 1.8 s …
     run_id, created = repo.enqueue_training_run(trigger="api:ops")  # … while work is queued
     assert created
-    with repo.engine.begin() as conn:  # … and the next check falls into the downtime
-        conn.execute(text("update apscheduler_jobs set next_run_time = 0"))
-    restarted = RetrainScheduler(loop.services, loop.scheduler.config, check_minutes=60).start()
+    time.sleep(3.0)  # … and the check falls due during the downtime
+    restarted = RetrainScheduler(loop.services, loop.scheduler.config, check_minutes=0.03).start()
     loop.app.scheduler = restarted
     loop.services.trainer = restarted
     assert wait_until(lambda: repo.get_training_run(run_id).status is not RunStatus.queued, 30)

@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_db,
         _add_serve,
         _add_user,
+        _add_worker,
     ):
         add(sub)
     return parser

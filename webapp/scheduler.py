@@ -69,6 +69,7 @@ class RetrainScheduler:
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._stopped = False
 
     def start(self) -> RetrainScheduler:
         global _current
@@ -82,19 +83,22 @@ class RetrainScheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._scheduler.start()
-        # replace_existing: a restart updates the one stored job instead of adding another;
-        # a run missed during downtime fires once (coalesced) when the scheduler is back.
-        self._scheduler.add_job(
-            scheduled_check,
-            "interval",
-            minutes=self.check_minutes,
-            id=JOB_ID,
-            replace_existing=True,
-        )
+        # One stored job for the whole deployment. An existing job is kept as it is, so a
+        # check that fell due while no scheduler ran fires once (coalesced) right now; it
+        # is only re-timed when the configured interval changed.
+        job = self._scheduler.get_job(JOB_ID)
+        if job is None:
+            self._scheduler.add_job(
+                scheduled_check, "interval", minutes=self.check_minutes, id=JOB_ID
+            )
+        elif job.trigger.interval.total_seconds() != self.check_minutes * 60:
+            self._scheduler.reschedule_job(JOB_ID, trigger="interval", minutes=self.check_minutes)
         return self
 
     def stop(self) -> None:
         global _current
+        with self._lock:
+            self._stopped = True  # no new training process from this scheduler
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         _current = None
@@ -160,7 +164,8 @@ class RetrainScheduler:
             if self._process is process:
                 self._process = None
             waiting = repo.active_training_run()
-            if waiting is not None and waiting.status is RunStatus.queued and not self.busy:
+            queued = waiting is not None and waiting.status is RunStatus.queued
+            if queued and not self.busy and not self._stopped:
                 self._launch(waiting.id)
 
     def _reap(self) -> None:
