@@ -46,6 +46,11 @@ def test_inspector_paints_and_saves_a_correction(running_app: RunningApp) -> Non
     from playwright.sync_api import sync_playwright
 
     services = running_app.app.services
+    # The served heads are untrained; make them predict an empty mask so the painted stroke
+    # is what the saved correction adds, wherever it lands.
+    served = services.models.current
+    assert served is not None
+    served.predictor.bundle.meta.mask_threshold = 1.0
     image_id = services.ingest(_image(), "e2e.png", source="test").id
     services.wait_for_predictions()
     predicted = services.mask(image_id, "prediction")
@@ -75,7 +80,7 @@ def test_inspector_paints_and_saves_a_correction(running_app: RunningApp) -> Non
         for i in range(1, 15):
             page.mouse.move(box["x"] + box["width"] * (0.45 + 0.007 * i), y)
         page.mouse.up()
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(1500)  # let the editor hand the new layer to the page state
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)  # heatmap + painted stroke
         page.keyboard.press("s")  # the Save-correction shortcut
