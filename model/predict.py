@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import ModelBundle
+from model.encoders import EncoderOutput
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
 from model.images import resize_image, resize_to
@@ -129,10 +130,8 @@ class Predictor:
         return results
 
 
-def frozen_subset(frozen, indices: list[int]):  # type: ignore[no-untyped-def]
+def frozen_subset(frozen: EncoderOutput, indices: list[int]) -> EncoderOutput:
     """Rows `indices` of a batched EncoderOutput."""
-    from model.encoders import EncoderOutput
-
     if indices == list(range(frozen.features[0].shape[0])):
         return frozen
     return EncoderOutput.stack([frozen.select(i) for i in indices])

@@ -271,14 +271,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.data_dir, host=args.host, port=args.port, serve=not args.prepare_only)
 
 
-def cmd_db(args: argparse.Namespace) -> int:
+def _engine(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    """The configured database's engine (the data directory is created if needed)."""
     from storage.engine import make_engine
-    from storage.migrate import current_revision, downgrade, upgrade
     from webapp.settings import load_settings
 
-    settings = load_settings(data_dir=args.data_dir)
+    settings = load_settings(data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    return make_engine(settings.resolved_database_url)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from storage.migrate import current_revision, downgrade, upgrade
+
+    engine = _engine(args.data_dir)
     (upgrade if args.direction == "upgrade" else downgrade)(engine, args.revision)
     print(f"database at revision {current_revision(engine) or 'base (empty)'}")
     return 0
@@ -286,13 +292,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def _accounts(data_dir: Path | None):  # type: ignore[no-untyped-def]
     from storage.accounts import Accounts
-    from storage.engine import make_engine
     from storage.migrate import upgrade
-    from webapp.settings import load_settings
 
-    settings = load_settings(data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    engine = _engine(data_dir)
     upgrade(engine)
     return Accounts(engine)
 

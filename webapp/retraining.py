@@ -121,7 +121,7 @@ def run_retraining(
             bundle = new_bundle(encoder, label_sigma=DEFAULT_SIGMA * encoder.input_size / 256)
         size = bundle.encoder.input_size
         cache = FeatureCache(cache_dir / bundle.meta.encoder_id)
-        train_items = to_samples(repo, [li for li in train_set], size)
+        train_items = to_samples(repo, train_set, size)
         holdout_items = to_samples(repo, holdout, size)
         note(
             f"run {run.id}: {len(train_items)} training images, {len(holdout_items)} holdout, "
