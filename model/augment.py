@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-TRANSFORMS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot180")
+# Symmetries of the square that are their own inverse (the eight of D4 minus the two
+# quarter turns); images are square once resized to the encoder's input size.
+TRANSFORMS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot180", "transpose", "transverse")
 
 
 def apply_transform(array: np.ndarray, name: str) -> np.ndarray:
@@ -21,4 +23,8 @@ def apply_transform(array: np.ndarray, name: str) -> np.ndarray:
         return np.ascontiguousarray(array[::-1])
     if name == "rot180":
         return np.ascontiguousarray(array[::-1, ::-1])
+    if name == "transpose":
+        return np.ascontiguousarray(array.swapaxes(0, 1))
+    if name == "transverse":
+        return np.ascontiguousarray(array[::-1, ::-1].swapaxes(0, 1))
     raise ValueError(f"unknown transform {name!r}; known: {TRANSFORMS}")

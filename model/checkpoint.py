@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from model.decision import MaskRule
 from model.encoders import FrozenEncoder, build_encoder
 from model.errors import CheckpointError, HeatPromptError
 from model.heatprompt_sam import HeadsConfig, HeatPromptSAM
@@ -36,6 +37,7 @@ class CheckpointMeta:
     heads: dict[str, int | bool]
     label_sigma: float
     mask_threshold: float = 0.5
+    min_defect_area: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
@@ -43,6 +45,11 @@ class CheckpointMeta:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def mask_rule(self) -> MaskRule:
+        """The calibrated rule that turns this model's probabilities into masks."""
+        return MaskRule(self.mask_threshold, self.min_defect_area)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from model.checkpoint import ModelBundle
 from model.dataset import LoadedSample
+from model.decision import MaskRule
 from model.feature_cache import FeatureCache
 from model.inference import encode_images, run_heads
 from model.metrics import review_score, segmentation_report
@@ -40,15 +41,18 @@ def predict_probs(
     return probs
 
 
-def best_threshold(
-    probs: Sequence[np.ndarray], items: Sequence[LoadedSample], grid: Sequence[float]
-) -> float:
-    """The mask threshold in `grid` with the best review score on these items."""
+def best_rule(
+    probs: Sequence[np.ndarray], items: Sequence[LoadedSample], grid: Sequence[MaskRule]
+) -> MaskRule:
+    """The mask rule in `grid` with the best review score on these items (first on ties)."""
     targets = [it.mask for it in items]
     types = [it.defect_type for it in items]
 
-    def score(t: float) -> float:
-        return review_score(segmentation_report(probs, targets, types, threshold=t))
+    def score(rule: MaskRule) -> float:
+        report = segmentation_report(
+            probs, targets, types, threshold=rule.threshold, min_area=rule.min_area
+        )
+        return review_score(report)
 
     return max(grid, key=score)
 
@@ -62,15 +66,19 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Metrics with the heatmap prompt, plus the same with the prompt off (`no_prompt`)."""
-    threshold = bundle.meta.mask_threshold
+    rule = bundle.meta.mask_rule
     targets = [it.mask for it in items]
     types = [it.defect_type for it in items]
     probs = predict_probs(bundle, items, cache=cache, progress=progress)
-    report = segmentation_report(probs, targets, types, threshold=threshold)
+    report = segmentation_report(
+        probs, targets, types, threshold=rule.threshold, min_area=rule.min_area
+    )
     report["score"] = review_score(report)
     if ablation:
         off = predict_probs(bundle, items, cache=cache, use_prompt=False, progress=progress)
-        no_prompt = segmentation_report(off, targets, types, threshold=threshold)
+        no_prompt = segmentation_report(
+            off, targets, types, threshold=rule.threshold, min_area=rule.min_area
+        )
         no_prompt["score"] = review_score(no_prompt)
         report["no_prompt"] = no_prompt
     return report

@@ -25,7 +25,7 @@ class CacheKey:
     """Identity of one cached encoding."""
 
     sha256: str
-    encoder_id: str
+    encoder_id: str  # the encoder's `cache_id`: its id and the layout of its outputs
     input_size: int
     transform: str = "identity"
 

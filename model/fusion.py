@@ -6,16 +6,37 @@ pretrained SAM embedding) as the neck that makes the 256-channel embedding grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 
+def texture_contrast(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each channel standardised by its own image-wide mean and spread.
+
+    A surface is mostly defect-free texture, so the image's own feature statistics are
+    those of the normal surface; a defect is what stands out from them. Making that
+    explicit lets small heads find faint defects that look unremarkable in absolute terms.
+    """
+    x = feat.float()  # statistics in full precision, also under autocast
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True)
+    return ((x - mean) / (std + eps)).to(feat.dtype)
+
+
+def with_contrast(feat: torch.Tensor) -> torch.Tensor:
+    """Channels of `feat` followed by its `texture_contrast` (2× the channels)."""
+    return torch.cat([feat, texture_contrast(feat)], dim=1)
+
+
 class FeatureFusion(nn.Module):
     """Project each level with a 1×1 conv, resize to the output grid, sum, refine.
 
-    Refinement is a depthwise 3×3 + pointwise conv pair, cheap enough to run at stride 4.
+    Each level enters with its texture-contrast channels (`with_contrast`). Refinement is
+    a depthwise 3×3 + pointwise conv pair, cheap enough to run at stride 4.
     """
 
     def __init__(
@@ -26,11 +47,16 @@ class FeatureFusion(nn.Module):
         out_stride: int,
         width: int,
         out_channels: int,
+        levels: Sequence[int] | None = None,
     ) -> None:
+        """`levels` picks which of the encoder's feature maps to use (default: all)."""
         super().__init__()
-        self.in_strides = list(in_strides)
+        self.levels = list(levels) if levels is not None else list(range(len(in_channels)))
+        self.in_strides = [in_strides[i] for i in self.levels]
         self.out_stride = out_stride
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in in_channels)
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(2 * in_channels[i], width, kernel_size=1) for i in self.levels
+        )
         self.refine = nn.Sequential(
             LayerNorm2d(width),
             nn.GELU(),
@@ -40,11 +66,12 @@ class FeatureFusion(nn.Module):
         )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        features = [features[i] for i in self.levels]
         h = features[0].shape[-2] * self.in_strides[0] // self.out_stride
         w = features[0].shape[-1] * self.in_strides[0] // self.out_stride
         merged = None
         for proj, feat in zip(self.lateral, features, strict=True):
-            x = proj(feat.to(proj.weight.dtype))
+            x = proj(with_contrast(feat.to(proj.weight.dtype)))
             if x.shape[-2:] != (h, w):
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
             merged = x if merged is None else merged + x

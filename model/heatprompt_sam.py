@@ -23,6 +23,7 @@ from model.encoders.base import EncoderOutput, FrozenEncoder
 from model.encoders.sam_modules import SAM_EMBED_DIM
 from model.fusion import FeatureFusion
 from model.heatmap_head import HeatmapHead
+from model.high_res import HighResFeatures, split_levels
 from model.mask_decoding import decode_batched
 from model.segment_encoding import SegmentEncoding
 
@@ -63,6 +64,8 @@ class HeatPromptSAM(nn.Module):
         self.input_size = encoder.input_size
         self.grid_size = encoder.grid_size
         self.decoder_frozen = encoder.decoder_pretrained
+        # Detail levels (stride 2) only feed the high-resolution mask path.
+        context, _ = split_levels(encoder.feature_strides)
         self.neck: FeatureFusion | None = None
         if not encoder.has_embedding:
             self.neck = FeatureFusion(
@@ -71,6 +74,7 @@ class HeatPromptSAM(nn.Module):
                 out_stride=encoder.embedding_stride,
                 width=self.config.neck_width,
                 out_channels=SAM_EMBED_DIM,
+                levels=context,
             )
         self.fusion = FeatureFusion(
             in_channels=encoder.feature_channels,
@@ -78,18 +82,17 @@ class HeatPromptSAM(nn.Module):
             out_stride=encoder.embedding_stride,
             width=self.config.fusion_channels,
             out_channels=self.config.fusion_channels,
+            levels=context,
         )
         self.heatmap_head = HeatmapHead(in_channels=self.config.fusion_channels)
         # Early features at the decoder's output resolution (4× the embedding grid).
-        self.high_res: FeatureFusion | None = None
+        self.high_res: HighResFeatures | None = None
         if self.config.high_res:
-            upscaled = SAM_EMBED_DIM // 8
-            self.high_res = FeatureFusion(
+            self.high_res = HighResFeatures(
                 in_channels=encoder.feature_channels,
                 in_strides=encoder.feature_strides,
                 out_stride=max(1, encoder.embedding_stride // 4),
-                width=upscaled,
-                out_channels=upscaled,
+                channels=SAM_EMBED_DIM // 8,
             )
         self.segment_encoding = SegmentEncoding(
             embed_dim=SAM_EMBED_DIM, hidden=self.config.segment_hidden

@@ -53,7 +53,7 @@ def encode_images(
     else:
         names = transforms or ["identity"] * len(images)
         keys = [
-            CacheKey(str(sha), encoder.encoder_id, encoder.input_size, name)
+            CacheKey(str(sha), encoder.cache_id, encoder.input_size, name)
             for sha, name in zip(shas, names, strict=True)
         ]
         out = cache.get_or_compute(keys, compute, batch_size=batch_size)

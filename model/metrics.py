@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from model.decision import MaskRule
+
 _PIXEL_AUROC_MAX = 4_000_000  # subsample pixels beyond this (seeded), to bound memory
 
 
@@ -36,14 +38,17 @@ def segmentation_report(
     types: Sequence[str],
     *,
     threshold: float,
+    min_area: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
     """miou / dice over defective images, empty_accuracy over defect-free ones, image and
-    pixel AUROC, and a per-defect-type breakdown. AUROCs are None where undefined."""
+    pixel AUROC, and a per-defect-type breakdown. Masks follow `MaskRule(threshold,
+    min_area)`. AUROCs are None where undefined."""
+    rule = MaskRule(threshold, min_area)
     ious, dices, empties, scores, labels = [], [], [], [], []
     per_type: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for prob, target, kind in zip(probs, targets, types, strict=True):
-        pred = prob > threshold
+        pred = rule.binarize(prob)
         defective = bool(target.any())
         scores.append(float(prob.max()))
         labels.append(int(defective))
@@ -73,6 +78,7 @@ def segmentation_report(
         "count": len(labels),
         "defective": len(ious),
         "threshold": threshold,
+        "min_area": min_area,
         "per_type": {
             kind: {name: mean(vals) for name, vals in stats.items()}
             | {"count": max(len(v) for v in stats.values())}

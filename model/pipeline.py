@@ -42,7 +42,7 @@ def train_from_folders(
     val_fraction: float = 0.2,
     seed: int = 0,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: int = 4,
     lr: float = 1e-3,
     input_size: int | None = None,
     cache_dir: Path | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import ModelBundle
+from model.decision import MaskRule
 from model.encoders import EncoderOutput
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
@@ -56,6 +57,10 @@ class Predictor:
     @property
     def threshold(self) -> float:
         return self.bundle.meta.mask_threshold
+
+    @property
+    def rule(self) -> MaskRule:
+        return self.bundle.meta.mask_rule
 
     def _points(
         self, clicks: Sequence[Click], shape: tuple[int, int]
@@ -118,10 +123,13 @@ class Predictor:
             prob, heat = maps[i]
             shape = image.shape[:2]
             prob_full = resize_to(prob, shape)
+            mask = prob_full > self.threshold
+            if not self.rule.passes_area(prob):  # area judged at input size, as in training
+                mask = np.zeros_like(mask)
             results.append(
                 Prediction(
                     heatmap=np.clip(resize_to(heat, shape), 0.0, 1.0),
-                    mask=prob_full > self.threshold,
+                    mask=mask,
                     defect_score=defect_score(prob),
                     uncertainty=uncertainty(prob, self.threshold),
                     threshold=self.threshold,

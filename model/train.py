@@ -25,6 +25,7 @@ from tqdm import tqdm
 from model.augment import TRANSFORMS, apply_transform
 from model.checkpoint import ModelBundle, save_checkpoint
 from model.dataset import LoadedSample
+from model.decision import rule_grid
 from model.distributed import (
     DistContext,
     any_rank,
@@ -33,14 +34,20 @@ from model.distributed import (
     shard,
     step_module,
 )
-from model.evaluate import best_threshold, predict_probs
+from model.evaluate import best_rule, predict_probs
 from model.feature_cache import FeatureCache
 from model.inference import encode_images
 from model.labels import skeleton_heatmap
 from model.losses import LossWeights, heatprompt_loss
 from model.metrics import review_score, segmentation_report
 
-THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+AREA_GRID_256 = (0, 10, 20, 30, 50, 80)  # min defect areas tried, in pixels at 256 × 256
+
+
+def area_grid(input_size: int) -> list[int]:
+    """`AREA_GRID_256` scaled to another input size (areas scale with the square)."""
+    return [round(a * (input_size / 256) ** 2) for a in AREA_GRID_256]
 
 
 @dataclass
@@ -49,7 +56,7 @@ class TrainConfig:
 
     epochs: int = 40
     max_minutes: float | None = None
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
@@ -160,8 +167,12 @@ def train(
         total_steps = max(
             1, math.ceil(len(train_items) / ctx.world_size / config.batch_size) * config.epochs
         )
+    # With a time budget the bar counts seconds of the budget, otherwise steps.
     bar = tqdm(
-        total=total_steps, desc="training", unit="step", disable=not progress or not ctx.is_main
+        total=round(budget) if budget else total_steps,
+        desc="training",
+        unit="s" if budget else "step",
+        disable=not progress or not ctx.is_main,
     )
 
     def lr_at(step: int) -> float:
@@ -217,7 +228,7 @@ def train(
             scaler.update()
             losses.append(float(terms["total"].detach()))
             step += 1
-            bar.update(1)
+            bar.update(min(round(time.monotonic() - start), bar.total) - bar.n if budget else 1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
             if any_rank(bool(budget) and time.monotonic() - start > budget, ctx):
                 stopped_by = "time"
@@ -259,19 +270,23 @@ def train(
             break
     bar.close()
     barrier(ctx)
-    # Reload the best weights, calibrate the mask threshold on validation data, save again.
+    # Reload the best weights, calibrate the mask rule on validation data, save again.
     from model.checkpoint import read_checkpoint
 
     _, state = read_checkpoint(out)
     heads.load_trainable_state_dict(state)
     if val_items and ctx.is_main:
         probs = predict_probs(bundle, val_items, cache=cache, batch_size=config.batch_size)
-        bundle.meta.mask_threshold = float(best_threshold(probs, val_items, THRESHOLD_GRID))
+        grid = rule_grid(THRESHOLD_GRID, area_grid(bundle.encoder.input_size))
+        rule = best_rule(probs, val_items, grid)
+        bundle.meta.mask_threshold = float(rule.threshold)
+        bundle.meta.min_defect_area = int(rule.min_area)
         best_report = segmentation_report(
             probs,
             [it.mask for it in val_items],
             [it.defect_type for it in val_items],
-            threshold=bundle.meta.mask_threshold,
+            threshold=rule.threshold,
+            min_area=rule.min_area,
         )
     bundle.meta.metrics = {"val": best_report, "history": history, "stopped_by": stopped_by}
     if ctx.is_main:

@@ -84,18 +84,23 @@ def test_transforms_are_involutions(name: str, shape: tuple[int, ...]) -> None:
     """Applying any transform twice gives back the original array."""
     arr = np.arange(np.prod(shape)).reshape(shape)
     once = apply_transform(arr, name)
-    assert once.shape == arr.shape
+    swapped = name in ("transpose", "transverse")
+    assert once.shape == ((shape[1], shape[0], *shape[2:]) if swapped else arr.shape)
     np.testing.assert_array_equal(apply_transform(once, name), arr)
 
 
 def test_transform_directions() -> None:
-    """hflip reverses columns, vflip rows, rot180 both."""
+    """hflip reverses columns, vflip rows, rot180 both; transpose swaps the axes and
+    transverse mirrors across the other diagonal."""
     arr = np.arange(12).reshape(3, 4)
     np.testing.assert_array_equal(apply_transform(arr, "hflip")[:, 0], arr[:, 3])
     np.testing.assert_array_equal(apply_transform(arr, "hflip")[0], [3, 2, 1, 0])
     np.testing.assert_array_equal(apply_transform(arr, "vflip")[0], arr[2])
     assert apply_transform(arr, "rot180")[0, 0] == arr[2, 3]
     assert not np.array_equal(apply_transform(arr, "hflip"), arr)
+    np.testing.assert_array_equal(apply_transform(arr, "transpose"), arr.T)
+    assert apply_transform(arr, "transverse")[0, 0] == arr[2, 3]
+    assert apply_transform(arr, "transverse")[3, 0] == arr[2, 0]
 
 
 def test_unknown_transform() -> None:

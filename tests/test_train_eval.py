@@ -12,8 +12,9 @@ from model.encoders import build_encoder
 from model.errors import CheckpointError
 from model.evaluate import evaluate
 from model.feature_cache import FeatureCache
+from model.inference import encode_images, run_heads
 from model.predict import Click, Predictor
-from model.train import TrainConfig, seed_everything, train
+from model.train import THRESHOLD_GRID, TrainConfig, area_grid, seed_everything, train
 
 EVAL_KEYS = {"miou", "dice", "empty_accuracy", "image_auroc", "pixel_auroc", "per_type"}
 
@@ -35,7 +36,8 @@ def test_training_is_deterministic_and_writes_a_complete_checkpoint(synth_dir, t
     assert len(a.history) == a.epochs_run == 2
     meta, state = read_checkpoint(a.checkpoint)
     assert meta.encoder_id == "sam_tiny" and meta.input_size == 64
-    assert 0.3 <= meta.mask_threshold <= 0.7
+    assert meta.mask_threshold in THRESHOLD_GRID
+    assert meta.min_defect_area in area_grid(64)  # calibrated with the threshold
     assert meta.metrics["val"]["count"] > 0 and meta.train_config["seed"] == 0
     assert any(k.startswith("heatmap_head.") for k in state)
     assert not list(tmp_path.glob(".*.tmp"))
@@ -58,6 +60,19 @@ def test_reloaded_checkpoint_predicts_the_same(synth_dir, tmp_path) -> None:  # 
     p1, p2 = Predictor(bundle).predict(image), Predictor(reloaded).predict(image)
     assert np.allclose(p1.heatmap, p2.heatmap, atol=1e-5)
     assert (p1.mask == p2.mask).all() and p1.defect_score == pytest.approx(p2.defect_score)
+
+
+def test_prediction_applies_the_calibrated_area_gate(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    image = val[0].image  # already at input size: areas compare one to one
+    prob = run_heads(bundle, encode_images(bundle, [image])).prob[0]
+    bundle.meta.mask_threshold = float(np.quantile(prob, 0.9))  # a mask of ~10 % of pixels
+    area = int((prob > bundle.meta.mask_threshold).sum())
+    bundle.meta.min_defect_area = area
+    kept = Predictor(bundle).predict(image)
+    assert kept.mask.sum() == area
+    bundle.meta.min_defect_area = area + 1
+    assert not Predictor(bundle).predict(image).mask.any()
 
 
 def test_prediction_outputs_match_the_image_and_clicks_refine(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -50,7 +50,8 @@ def _model_line(services: Services) -> str:
     note = BACKBONE_NOTES.get(meta.encoder_id, "Meta's SAM image encoder and decoder, frozen")
     return (
         f"Model version **{served.version_id}** · backbone **{meta.encoder_id}** "
-        f"({note}) · mask threshold {meta.mask_threshold:.2f}"
+        f"({note}) · mask threshold {meta.mask_threshold:.2f}, "
+        f"smallest defect {meta.min_defect_area} px"
     )
 
 

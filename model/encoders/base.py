@@ -92,6 +92,15 @@ class FrozenEncoder(nn.Module):
         raise NotImplementedError
 
     @property
+    def cache_id(self) -> str:
+        """Encoder identity for the feature cache: the id plus the layout of its outputs,
+        so features cached by an encoder that returned other levels are never reused."""
+        levels = "_".join(
+            f"{c}s{s}" for c, s in zip(self.feature_channels, self.feature_strides, strict=True)
+        )
+        return f"{self.encoder_id}.{levels}"
+
+    @property
     def grid_size(self) -> int:
         """Side of the embedding grid the mask decoder works on."""
         return self.input_size // self.embedding_stride

