@@ -172,6 +172,11 @@ def train(
         total=round(budget) if budget else total_steps,
         desc="training",
         unit="s" if budget else "step",
+        bar_format=(
+            "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
+            if budget
+            else None
+        ),
         disable=not progress or not ctx.is_main,
     )
 
