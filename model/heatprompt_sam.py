@@ -21,9 +21,10 @@ from torch import nn
 
 from model.encoders.base import EncoderOutput, FrozenEncoder
 from model.encoders.sam_modules import SAM_EMBED_DIM
+from model.full_res import FullResRefinement
 from model.fusion import FeatureFusion
 from model.heatmap_head import HeatmapHead
-from model.high_res import HighResFeatures, split_levels
+from model.high_res import HighResFeatures, pixel_levels, split_levels
 from model.mask_decoding import decode_batched
 from model.segment_encoding import SegmentEncoding
 
@@ -36,6 +37,7 @@ class HeadsConfig:
     neck_width: int = 128
     segment_hidden: int = 64
     high_res: bool = True  # SAM-HQ-style early features in the mask up-sampling
+    full_res: bool = True  # per-pixel correction from the pixels (encoders that pass them)
 
     def as_dict(self) -> dict[str, int | bool]:
         return {
@@ -43,6 +45,7 @@ class HeadsConfig:
             "neck_width": self.neck_width,
             "segment_hidden": self.segment_hidden,
             "high_res": self.high_res,
+            "full_res": self.full_res,
         }
 
 
@@ -93,6 +96,13 @@ class HeatPromptSAM(nn.Module):
                 in_strides=encoder.feature_strides,
                 out_stride=max(1, encoder.embedding_stride // 4),
                 channels=SAM_EMBED_DIM // 8,
+            )
+        # The pixels themselves, where the encoder passes them on (a stride-1 level).
+        self.pixel_levels = pixel_levels(encoder.feature_strides)
+        self.full_res: FullResRefinement | None = None
+        if self.config.full_res and self.pixel_levels:
+            self.full_res = FullResRefinement(
+                pixel_channels=sum(encoder.feature_channels[i] for i in self.pixel_levels)
             )
         self.segment_encoding = SegmentEncoding(
             embed_dim=SAM_EMBED_DIM, hidden=self.config.segment_hidden
@@ -176,4 +186,7 @@ class HeatPromptSAM(nn.Module):
                 mode="bilinear",
                 align_corners=False,
             )
+        if self.full_res is not None:
+            pixels = torch.cat([frozen.features[i] for i in self.pixel_levels], dim=1)
+            mask_logits = self.full_res(mask_logits, pixels)
         return HeatPromptOutput(heatmap_logits, mask_logits, iou_pred)

@@ -21,11 +21,17 @@ from model.fusion import FeatureFusion, with_contrast
 DETAIL_MAX_STRIDE = 2  # feature maps this fine are detail levels; coarser ones are context
 
 
+def pixel_levels(strides: Sequence[int]) -> list[int]:
+    """Indices of levels at full resolution (stride 1: the pixels themselves)."""
+    return [i for i, s in enumerate(strides) if s == 1]
+
+
 def split_levels(strides: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Indices of (context, detail) levels; all levels are context when none is coarser."""
+    """Indices of (context, detail) levels, pixel levels left out; all levels are context
+    when none is coarser than a detail level."""
     context = [i for i, s in enumerate(strides) if s > DETAIL_MAX_STRIDE]
-    detail = [i for i, s in enumerate(strides) if s <= DETAIL_MAX_STRIDE]
-    return (context, detail) if context else (list(range(len(strides))), [])
+    detail = [i for i, s in enumerate(strides) if 1 < s <= DETAIL_MAX_STRIDE]
+    return (context, detail) if context else ([i for i, s in enumerate(strides) if s > 1], [])
 
 
 class HighResFeatures(nn.Module):

@@ -37,7 +37,7 @@ def test_effnet_encoder_is_frozen_and_multiscale() -> None:
     assert not any(p.requires_grad for p in enc.parameters())
     out = enc.encode(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
     assert out.embedding is None
-    assert [f.shape[1] for f in out.features] == enc.feature_channels == [16, 24, 40, 112, 320]
+    assert [f.shape[1] for f in out.features] == enc.feature_channels == [3, 16, 24, 40, 112, 320]
     assert [64 // f.shape[-1] for f in out.features] == enc.feature_strides
     assert not out.features[0].requires_grad
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from model.checkpoint import new_bundle
+from model.full_res import FullResRefinement
 from model.mask_decoding import decode_batched
 
 
@@ -85,3 +86,31 @@ def test_trainable_state_excludes_pretrained_sam_parts(tmp_path) -> None:  # typ
     assert not any(p.requires_grad for p in heads.mask_decoder.parameters())
     with pytest.raises(KeyError, match="missing"):
         heads.load_trainable_state_dict({})
+
+
+def test_full_res_refinement_starts_as_identity_and_sees_single_pixels() -> None:
+    torch.manual_seed(0)
+    refine = FullResRefinement(pixel_channels=3)
+    logits, pixels = torch.randn(1, 1, 16, 16), torch.randn(1, 3, 16, 16)
+    assert torch.equal(refine(logits, pixels), logits)  # zero-initialised last layer
+    torch.nn.init.normal_(refine.net[-1].weight)
+    poked = pixels.clone()
+    poked[0, :, 5, 6] += 5.0  # one pixel brighter
+    with torch.no_grad():
+        diff = (refine(logits, poked) - refine(logits, pixels)).abs()[0, 0]
+    # The poked pixel's own logit moves far more than the image at large, which only
+    # feels the small shift of the image-wide contrast statistics.
+    assert diff[5, 6] > 10 * diff.median()
+
+
+def test_effnet_heads_correct_masks_at_full_resolution() -> None:
+    from model.encoders import build_encoder
+
+    enc = build_encoder("effnet_lite0", input_size=64)
+    heads = new_bundle(enc, label_sigma=2.0).heads.train()
+    assert heads.full_res is not None and heads.pixel_levels == [0]
+    frozen = enc.encode(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8))
+    out = heads(frozen)
+    assert out.mask_logits.shape == (2, 1, 64, 64)
+    out.mask_logits.mean().backward()
+    assert heads.full_res.net[-1].weight.grad.abs().sum() > 0

