@@ -4,11 +4,14 @@
                                                            │
     embedding (SAM's, or the neck's) ─► segment encoding ◄─┘ ─► dense prompt
                                                            │
-                               SAM mask decoder (batched) ◄┘ ─► mask logits
+    early features ─► high-res path ─► SAM mask decoder (batched) ◄┘ ─► mask logits
+                                                           │
+    pixels (stride-1 level, if any) ─► full-res correction ◄┘ ─► mask logits at input size
 
 Trainable: neck (when the encoder has no SAM embedding), fusion, heatmap head, segment
-encoding, and the prompt encoder / mask decoder only when no pretrained SAM decoder exists
-for the encoder. The encoder itself lives outside this module (its outputs are cached).
+encoding, high-res path, full-res correction, and the prompt encoder / mask decoder only
+when no pretrained SAM decoder exists for the encoder. The encoder itself lives outside
+this module (its outputs are cached).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class HeatPromptSAM(nn.Module):
         self.input_size = encoder.input_size
         self.grid_size = encoder.grid_size
         self.decoder_frozen = encoder.decoder_pretrained
-        # Detail levels (stride 2) only feed the high-resolution mask path.
+        # Detail levels (stride 2) only feed the high-res path, pixels the full-res one.
         context, _ = split_levels(encoder.feature_strides)
         self.neck: FeatureFusion | None = None
         if not encoder.has_embedding:
