@@ -32,6 +32,17 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
+def _pixel_auroc(
+    probs: Sequence[np.ndarray], targets: Sequence[np.ndarray], seed: int
+) -> float | None:
+    flat_p = np.concatenate([p.ravel() for p in probs])
+    flat_t = np.concatenate([t.ravel() for t in targets]).astype(np.uint8)
+    if flat_p.size > _PIXEL_AUROC_MAX:
+        pick = np.random.default_rng(seed).choice(flat_p.size, _PIXEL_AUROC_MAX, replace=False)
+        flat_p, flat_t = flat_p[pick], flat_t[pick]
+    return _auroc(flat_t, flat_p)
+
+
 def segmentation_report(
     probs: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
@@ -40,10 +51,12 @@ def segmentation_report(
     threshold: float,
     min_area: int = 0,
     seed: int = 0,
+    with_auroc: bool = True,
 ) -> dict[str, Any]:
     """miou / dice over defective images, empty_accuracy over defect-free ones, image and
     pixel AUROC, and a per-defect-type breakdown. Masks follow `MaskRule(threshold,
-    min_area)`. AUROCs are None where undefined."""
+    min_area)`. AUROCs are None where undefined, or skipped with `with_auroc=False` (they
+    do not depend on the mask rule, so calibration need not pay for them per rule)."""
     rule = MaskRule(threshold, min_area)
     ious, dices, empties, scores, labels = [], [], [], [], []
     per_type: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -60,11 +73,10 @@ def segmentation_report(
         else:
             empties.append(float(not pred.any()))
             per_type[kind]["empty"].append(empties[-1])
-    flat_p = np.concatenate([p.ravel() for p in probs])
-    flat_t = np.concatenate([t.ravel() for t in targets]).astype(np.uint8)
-    if flat_p.size > _PIXEL_AUROC_MAX:
-        pick = np.random.default_rng(seed).choice(flat_p.size, _PIXEL_AUROC_MAX, replace=False)
-        flat_p, flat_t = flat_p[pick], flat_t[pick]
+    image_auroc = pixel_auroc = None
+    if with_auroc:
+        image_auroc = _auroc(np.array(labels), np.array(scores))
+        pixel_auroc = _pixel_auroc(probs, targets, seed)
 
     def mean(values: list[float]) -> float | None:
         return float(np.mean(values)) if values else None
@@ -73,8 +85,8 @@ def segmentation_report(
         "miou": mean(ious),
         "dice": mean(dices),
         "empty_accuracy": mean(empties),
-        "image_auroc": _auroc(np.array(labels), np.array(scores)),
-        "pixel_auroc": _auroc(flat_t, flat_p),
+        "image_auroc": image_auroc,
+        "pixel_auroc": pixel_auroc,
         "count": len(labels),
         "defective": len(ious),
         "threshold": threshold,

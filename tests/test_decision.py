@@ -42,3 +42,18 @@ def test_report_applies_the_area_gate_to_clean_and_defective_images() -> None:
 def test_rule_grid_is_the_full_product() -> None:
     grid = rule_grid((0.3, 0.5), (0, 20))
     assert grid == [MaskRule(0.3, 0), MaskRule(0.3, 20), MaskRule(0.5, 0), MaskRule(0.5, 20)]
+
+
+def test_report_without_auroc_keeps_every_mask_metric() -> None:
+    probs = [_prob_with_square(6), _prob_with_square(2)]
+    targets = [(_prob_with_square(5) > 0.5).astype(np.uint8), np.zeros((32, 32), np.uint8)]
+    full = segmentation_report(probs, targets, ["scratch", "good"], threshold=0.5, min_area=10)
+    lean = segmentation_report(
+        probs, targets, ["scratch", "good"], threshold=0.5, min_area=10, with_auroc=False
+    )
+    assert full["image_auroc"] is not None and full["pixel_auroc"] is not None
+    assert lean["image_auroc"] is None and lean["pixel_auroc"] is None
+    drop = {"image_auroc", "pixel_auroc"}
+    assert {k: v for k, v in lean.items() if k not in drop} == {
+        k: v for k, v in full.items() if k not in drop
+    }
