@@ -6,6 +6,9 @@ image are the encoder's output for the flipped pixels, never a flip of the featu
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+
 import numpy as np
 
 # Symmetries of the square that are their own inverse (the eight of D4 minus the two
@@ -28,3 +31,18 @@ def apply_transform(array: np.ndarray, name: str) -> np.ndarray:
     if name == "transverse":
         return np.ascontiguousarray(array[::-1, ::-1].swapaxes(0, 1))
     raise ValueError(f"unknown transform {name!r}; known: {TRANSFORMS}")
+
+
+def fixed_views(
+    count: int, transforms: Sequence[str], views: int, rng: random.Random
+) -> list[tuple[str, ...]]:
+    """The transforms each of `count` training images may be shown in.
+
+    Every image keeps the identity plus `views - 1` others drawn once per run, so the
+    encoder runs at most `views` times per image and, after the first epochs, training
+    reads only cached features; across the set every transform still occurs.
+    """
+    others = [t for t in transforms if t != "identity"]
+    extra = max(0, min(views - 1, len(others)))
+    base = ("identity",) if "identity" in transforms else ()
+    return [base + tuple(rng.sample(others, extra)) for _ in range(count)]

@@ -65,7 +65,6 @@ def train_from_folders(
     size = enc.input_size
     train_items = load_samples(train_s, size, progress=progress)
     val_items = load_samples(val_s, size, progress=progress)
-    cache = FeatureCache(cache_dir or Path(out).parent / ".feature-cache")
     config = TrainConfig(
         epochs=epochs,
         max_minutes=max_minutes,
@@ -73,6 +72,11 @@ def train_from_folders(
         batch_size=batch_size,
         lr=lr,
         patience=patience,
+    )
+    # Room in memory for every view of every image, so later epochs never re-read disk.
+    views = config.views_per_image * len(train_items) + len(val_items)
+    cache = FeatureCache(
+        cache_dir or Path(out).parent / ".feature-cache", max_memory_items=max(4096, views)
     )
     return train(bundle, train_items, val_items, config, out=out, cache=cache, progress=progress)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.augment import TRANSFORMS, apply_transform
+from model.augment import TRANSFORMS, apply_transform, fixed_views
 from model.checkpoint import ModelBundle, save_checkpoint
 from model.dataset import LoadedSample
 from model.decision import rule_grid
@@ -64,6 +64,7 @@ class TrainConfig:
     patience: int = 15
     seed: int = 0
     augment: bool = True
+    views_per_image: int = 2  # identity + fixed random transforms: bounds encoder runs
     prompt_dropout: float = 0.2
     click_prob: float = 0.2
     mixed_precision: bool = True  # float16 on CUDA, bfloat16 on CPUs that support it
@@ -166,6 +167,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     labels = _Labels(train_items, bundle.meta.label_sigma)
     transforms = TRANSFORMS if config.augment else ("identity",)
+    views = fixed_views(len(train_items), transforms, config.views_per_image, rng)
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
     total_steps = max(1, steps_per_epoch * config.epochs)
     budget = config.max_minutes * 60 if config.max_minutes else None
@@ -204,7 +206,7 @@ def train(
     epoch = 0
     for epoch in range(1, config.epochs + 1):
         heads.train()
-        order = [(i, rng.choice(transforms)) for i in range(len(train_items))]
+        order = [(i, rng.choice(views[i])) for i in range(len(train_items))]
         rng.shuffle(order)
         order = shard(order, ctx)  # every rank shuffles alike, then takes its own share
         losses: list[float] = []

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.augment import TRANSFORMS, apply_transform
+import random
+
+from model.augment import TRANSFORMS, apply_transform, fixed_views
 from model.synth import DEFECT_TYPES, make_surface, write_dataset
 
 
@@ -107,3 +109,13 @@ def test_unknown_transform() -> None:
     """An unknown transform name raises ValueError naming it."""
     with pytest.raises(ValueError, match="spin"):
         apply_transform(np.zeros((2, 2)), "spin")
+
+
+@pytest.mark.parametrize("views", [1, 2, 3])
+def test_fixed_views_keep_identity_and_cover_every_transform(views: int) -> None:
+    chosen = fixed_views(300, TRANSFORMS, views, random.Random(0))
+    assert all(v[0] == "identity" and len(set(v)) == len(v) == views for v in chosen)
+    if views > 1:
+        assert {t for v in chosen for t in v} == set(TRANSFORMS)
+    assert chosen == fixed_views(300, TRANSFORMS, views, random.Random(0))
+    assert fixed_views(2, ("identity",), 3, random.Random(0)) == [("identity",)] * 2

@@ -43,6 +43,16 @@ def test_training_is_deterministic_and_writes_a_complete_checkpoint(synth_dir, t
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_training_encodes_each_image_in_at_most_its_fixed_views(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train_s, val_s = split(discover(synth_dir), val_fraction=0.25, seed=0)
+    bundle = new_bundle(build_encoder("sam_tiny", input_size=64), label_sigma=2.0)
+    tr, va = load_samples(train_s, 64), load_samples(val_s, 64)
+    cache = FeatureCache(None)
+    config = TrainConfig(epochs=6, batch_size=4, views_per_image=2)
+    train(bundle, tr, va, config, out=tmp_path / "m.pt", cache=cache, progress=False)
+    assert len(tr) < cache.misses <= 2 * len(tr) + len(va)
+
+
 def test_evaluation_reports_every_metric_with_the_ablation(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
     report = evaluate(bundle, val)
@@ -65,7 +75,9 @@ def test_reloaded_checkpoint_predicts_the_same(synth_dir, tmp_path) -> None:  # 
 def test_prediction_applies_the_calibrated_area_gate(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
     image = val[0].image  # already at input size: areas compare one to one
-    prob = run_heads(bundle, encode_images(bundle, [image])).prob[0]
+    # Through a cache, like the predictor: the same half-precision features, the same prob.
+    frozen = encode_images(bundle, [image], shas=["any"], cache=FeatureCache(None))
+    prob = run_heads(bundle, frozen).prob[0]
     bundle.meta.mask_threshold = float(np.quantile(prob, 0.9))  # a mask of ~10 % of pixels
     area = int((prob > bundle.meta.mask_threshold).sum())
     bundle.meta.min_defect_area = area

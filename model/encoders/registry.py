@@ -32,7 +32,7 @@ def build_encoder(
 
         return EffNetLite0Encoder(
             input_size=input_size or 256,
-            embedding_stride=embedding_stride or 8,
+            embedding_stride=embedding_stride or 16,
             pretrained=pretrained,
         )
     if name in ("sam_vit_b", "sam_vit_l", "sam_vit_h", "sam_tiny"):
