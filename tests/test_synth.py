@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-import random
 
 from model.augment import TRANSFORMS, apply_transform, fixed_views
 from model.synth import DEFECT_TYPES, make_surface, write_dataset
