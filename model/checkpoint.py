@@ -38,6 +38,8 @@ class CheckpointMeta:
     label_sigma: float
     mask_threshold: float = 0.5
     min_defect_area: int = 0
+    # Flips/rotations whose predictions are averaged (the mask rule is calibrated on them).
+    test_time_views: list[str] = field(default_factory=lambda: ["identity"])
     metrics: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)

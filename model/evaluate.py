@@ -12,7 +12,7 @@ from model.checkpoint import ModelBundle
 from model.dataset import LoadedSample
 from model.decision import MaskRule
 from model.feature_cache import FeatureCache
-from model.inference import encode_images, run_heads
+from model.inference import predict_views
 from model.metrics import review_score, segmentation_report
 
 
@@ -23,21 +23,26 @@ def predict_probs(
     cache: FeatureCache | None,
     use_prompt: bool = True,
     batch_size: int = 8,
+    views: Sequence[str] | None = None,
     progress: bool = False,
 ) -> list[np.ndarray]:
-    """Mask probability maps at input size for every item."""
+    """Mask probability maps at input size for every item, averaged over `views`
+    (default: the bundle's calibrated test-time views)."""
+    views = bundle.meta.test_time_views if views is None else views
     probs: list[np.ndarray] = []
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress):
         chunk = items[start : start + batch_size]
-        frozen = encode_images(
+        maps = predict_views(
             bundle,
             [it.image for it in chunk],
             shas=[it.sha256 for it in chunk],
             cache=cache,
+            views=views,
+            use_prompt=use_prompt,
             batch_size=batch_size,
         )
-        probs.extend(run_heads(bundle, frozen, use_prompt=use_prompt).prob)
+        probs.extend(maps.prob)
     return probs
 
 

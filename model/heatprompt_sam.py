@@ -41,6 +41,7 @@ class HeadsConfig:
     segment_hidden: int = 64
     high_res: bool = True  # SAM-HQ-style early features in the mask up-sampling
     full_res: bool = True  # per-pixel correction from the pixels (encoders that pass them)
+    full_res_hidden: int = 32
 
     def as_dict(self) -> dict[str, int | bool]:
         return {
@@ -49,6 +50,7 @@ class HeadsConfig:
             "segment_hidden": self.segment_hidden,
             "high_res": self.high_res,
             "full_res": self.full_res,
+            "full_res_hidden": self.full_res_hidden,
         }
 
 
@@ -105,7 +107,8 @@ class HeatPromptSAM(nn.Module):
         self.full_res: FullResRefinement | None = None
         if self.config.full_res and self.pixel_levels:
             self.full_res = FullResRefinement(
-                pixel_channels=sum(encoder.feature_channels[i] for i in self.pixel_levels)
+                pixel_channels=sum(encoder.feature_channels[i] for i in self.pixel_levels),
+                hidden=self.config.full_res_hidden,
             )
         self.segment_encoding = SegmentEncoding(
             embed_dim=SAM_EMBED_DIM, hidden=self.config.segment_hidden

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.augment import apply_transform
 from model.checkpoint import ModelBundle
 from model.encoders import EncoderOutput
 from model.feature_cache import CacheKey, FeatureCache
@@ -88,6 +89,44 @@ def run_heads(
     )
     prob = torch.sigmoid(out.mask_logits.float())
     return MapBatch(prob=prob[:, 0].cpu().numpy(), heatmap=heat[:, 0].cpu().numpy())
+
+
+def predict_views(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray],
+    *,
+    shas: Sequence[str | None] | None = None,
+    cache: FeatureCache | None = None,
+    views: Sequence[str] = ("identity",),
+    use_prompt: bool = True,
+    batch_size: int = 8,
+) -> MapBatch:
+    """Maps for uint8 (S, S, 3) images averaged over test-time `views` (flips/rotations).
+
+    Each view of an image is encoded (cached under the view's name), decoded, and mapped
+    back to the image's own orientation before averaging; ("identity",) is a plain pass.
+    """
+    if not views:
+        raise ValueError("at least one view is needed")
+    prob_sum: np.ndarray | None = None
+    heat_sum: np.ndarray | None = None
+    for view in views:
+        frozen = encode_images(
+            bundle,
+            [apply_transform(im, view) for im in images],
+            shas=shas,
+            cache=cache,
+            transforms=[view] * len(images),
+            batch_size=batch_size,
+        )
+        maps = run_heads(bundle, frozen, use_prompt=use_prompt)
+        # Every view is its own inverse: applying it again maps back.
+        prob = np.stack([apply_transform(p, view) for p in maps.prob])
+        heat = np.stack([apply_transform(h, view) for h in maps.heatmap])
+        prob_sum = prob if prob_sum is None else prob_sum + prob
+        heat_sum = heat if heat_sum is None else heat_sum + heat
+    assert prob_sum is not None and heat_sum is not None
+    return MapBatch(prob=prob_sum / len(views), heatmap=heat_sum / len(views))
 
 
 def _binary_entropy(p: float) -> float:

@@ -27,7 +27,7 @@ from model.images import read_image
 from model.inference import resolve_device
 from model.labels import DEFAULT_SIGMA
 from model.predict import Predictor
-from model.train import TrainConfig, TrainResult, seed_everything, train
+from model.train import DEFAULT_LR, TrainConfig, TrainResult, seed_everything, train
 from model.visualize import colorize_heatmap, mask_png, overlay
 
 
@@ -43,7 +43,7 @@ def train_from_folders(
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 4,
-    lr: float = 1e-3,
+    lr: float = DEFAULT_LR,
     input_size: int | None = None,
     cache_dir: Path | None = None,
     patience: int = 15,

@@ -16,11 +16,16 @@ import torch
 
 from model.checkpoint import ModelBundle
 from model.decision import MaskRule
-from model.encoders import EncoderOutput
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
 from model.images import resize_image, resize_to
-from model.inference import defect_score, encode_images, run_heads, uncertainty
+from model.inference import (
+    defect_score,
+    encode_images,
+    predict_views,
+    run_heads,
+    uncertainty,
+)
 
 
 @dataclass
@@ -102,21 +107,34 @@ class Predictor:
         ]
         clicks = list(clicks) if clicks is not None else [()] * len(images)
         resized = [resize_image(im, size) for im in images]
-        frozen = encode_images(self.bundle, resized, shas=shas, cache=self.cache)
         results: list[Prediction] = []
         plain = [i for i, c in enumerate(clicks) if not c]
+        clicked = [i for i, c in enumerate(clicks) if c]
         maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if plain:
-            batch = run_heads(self.bundle, frozen_subset(frozen, plain), use_prompt=use_prompt)
+        if plain:  # averaged over the model's test-time views
+            batch = predict_views(
+                self.bundle,
+                [resized[i] for i in plain],
+                shas=[shas[i] for i in plain],
+                cache=self.cache,
+                views=self.bundle.meta.test_time_views,
+                use_prompt=use_prompt,
+            )
             for j, i in enumerate(plain):
                 maps[i] = (batch.prob[j], batch.heatmap[j])
-        for i, c in enumerate(clicks):
-            if c:
+        if clicked:  # clicks are placed on the image as shown: one upright pass
+            frozen = encode_images(
+                self.bundle,
+                [resized[i] for i in clicked],
+                shas=[shas[i] for i in clicked],
+                cache=self.cache,
+            )
+            for j, i in enumerate(clicked):
                 one = run_heads(
                     self.bundle,
-                    frozen.select(i),
+                    frozen.select(j),
                     use_prompt=use_prompt,
-                    points=self._points(c, images[i].shape[:2]),
+                    points=self._points(clicks[i], images[i].shape[:2]),
                 )
                 maps[i] = (one.prob[0], one.heatmap[0])
         for i, image in enumerate(images):
@@ -136,10 +154,3 @@ class Predictor:
                 )
             )
         return results
-
-
-def frozen_subset(frozen: EncoderOutput, indices: list[int]) -> EncoderOutput:
-    """Rows `indices` of a batched EncoderOutput."""
-    if indices == list(range(frozen.features[0].shape[0])):
-        return frozen
-    return EncoderOutput.stack([frozen.select(i) for i in indices])

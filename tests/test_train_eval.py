@@ -6,15 +6,23 @@ import numpy as np
 import pytest
 import torch
 
+from model.augment import TRANSFORMS, apply_transform
 from model.checkpoint import load_bundle, new_bundle, read_checkpoint, save_checkpoint
 from model.dataset import discover, load_samples, split
 from model.encoders import build_encoder
 from model.errors import CheckpointError
 from model.evaluate import evaluate
 from model.feature_cache import FeatureCache
-from model.inference import encode_images, run_heads
+from model.inference import encode_images, predict_views, run_heads
 from model.predict import Click, Predictor
-from model.train import THRESHOLD_GRID, TrainConfig, area_grid, seed_everything, train
+from model.train import (
+    THRESHOLD_GRID,
+    TrainConfig,
+    area_grid,
+    loop_budget_s,
+    seed_everything,
+    train,
+)
 
 EVAL_KEYS = {"miou", "dice", "empty_accuracy", "image_auroc", "pixel_auroc", "per_type"}
 
@@ -48,7 +56,7 @@ def test_training_encodes_each_image_in_at_most_its_fixed_views(synth_dir, tmp_p
     bundle = new_bundle(build_encoder("sam_tiny", input_size=64), label_sigma=2.0)
     tr, va = load_samples(train_s, 64), load_samples(val_s, 64)
     cache = FeatureCache(None)
-    config = TrainConfig(epochs=6, batch_size=4, views_per_image=2)
+    config = TrainConfig(epochs=6, batch_size=4, views_per_image=2, test_time_views=("identity",))
     train(bundle, tr, va, config, out=tmp_path / "m.pt", cache=cache, progress=False)
     assert len(tr) < cache.misses <= 2 * len(tr) + len(va)
 
@@ -75,9 +83,10 @@ def test_reloaded_checkpoint_predicts_the_same(synth_dir, tmp_path) -> None:  # 
 def test_prediction_applies_the_calibrated_area_gate(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
     image = val[0].image  # already at input size: areas compare one to one
-    # Through a cache, like the predictor: the same half-precision features, the same prob.
-    frozen = encode_images(bundle, [image], shas=["any"], cache=FeatureCache(None))
-    prob = run_heads(bundle, frozen).prob[0]
+    # As the predictor computes it: cached half-precision features, the model's views.
+    views = bundle.meta.test_time_views
+    prob = predict_views(bundle, [image], shas=["any"], cache=FeatureCache(None), views=views)
+    prob = prob.prob[0]
     bundle.meta.mask_threshold = float(np.quantile(prob, 0.9))  # a mask of ~10 % of pixels
     area = int((prob > bundle.meta.mask_threshold).sum())
     bundle.meta.min_defect_area = area
@@ -99,6 +108,41 @@ def test_prediction_outputs_match_the_image_and_clicks_refine(synth_dir, tmp_pat
     refined = predictor.predict(image, clicks=[Click(90, 60, True)])
     assert predictor.cache.misses == misses  # click-to-refine re-uses the cached encoding
     assert refined.defect_score != pred.defect_score
+
+
+def test_test_time_views_are_mapped_back_before_averaging(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    image = val[0].image
+    flips = ("identity", "hflip", "vflip", "rot180")  # closed under composition
+    plain = predict_views(bundle, [image], views=["identity"])
+    assert np.allclose(plain.prob, run_heads(bundle, encode_images(bundle, [image])).prob)
+    avg = predict_views(bundle, [image], views=flips).prob[0]
+    # Flipping the input permutes the views, so the average flips with it, exactly.
+    flipped = predict_views(bundle, [apply_transform(image, "hflip")], views=flips).prob[0]
+    assert np.allclose(flipped, apply_transform(avg, "hflip"), atol=1e-5)
+    assert not np.allclose(avg, plain.prob[0], atol=1e-4)  # the views do differ
+    with pytest.raises(ValueError, match="view"):
+        predict_views(bundle, [image], views=[])
+
+
+def test_calibration_and_prediction_use_the_test_time_views(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle, result, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
+    assert bundle.meta.test_time_views == list(TRANSFORMS)
+    reloaded = load_bundle(result.checkpoint)
+    assert reloaded.meta.test_time_views == list(TRANSFORMS)
+    expected = predict_views(reloaded, [val[0].image], views=TRANSFORMS, cache=FeatureCache(None))
+    pred = Predictor(reloaded).predict(val[0].image)
+    assert pred.defect_score == pytest.approx(float(expected.prob[0].max()), abs=1e-6)
+    assert (pred.mask == (expected.prob[0] > reloaded.meta.mask_threshold)).all()
+    config = TrainConfig(epochs=1, test_time_views=("identity", "spin"))
+    with pytest.raises(ValueError, match="test-time views"):
+        train(bundle, val, val, config, out=tmp_path / "x.pt", progress=False)
+
+
+def test_time_budget_keeps_room_for_calibrating_the_views() -> None:
+    assert loop_budget_s(900.0, 20.0, 6) == 800.0  # five more passes like the first
+    assert loop_budget_s(900.0, 20.0, 1) == 900.0  # upright only: nothing to reserve
+    assert loop_budget_s(900.0, 200.0, 6) == 450.0  # never less than half the budget
 
 
 def test_checkpoint_for_another_encoder_is_refused(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]

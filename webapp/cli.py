@@ -46,7 +46,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
     p.add_argument("--input-size", type=int, help="model input side (default per encoder)")
     p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: beside --out)")
     p.add_argument(
@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         batch_size=args.batch_size,
-        lr=args.lr,
+        **({} if args.lr is None else {"lr": args.lr}),
         input_size=args.input_size,
         cache_dir=args.cache_dir,
     )

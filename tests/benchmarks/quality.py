@@ -19,7 +19,9 @@ import torch
 from model.checkpoint import load_bundle
 from model.dataset import discover, load_samples
 from model.evaluate import evaluate
+from model.heatprompt_sam import HeadsConfig
 from model.pipeline import train_from_folders
+from model.train import DEFAULT_LR
 from tests.benchmarks.unseen_synth import write_unseen_dataset
 from webapp.cli import format_report
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep data and checkpoint here")
     parser.add_argument("--json", type=Path, help="also write the report to this file")
     parser.add_argument("--patience", type=int, default=15, help="early-stopping patience")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
     parser.add_argument(
         "--no-high-res",
         action="store_true",
@@ -57,6 +60,8 @@ def main() -> None:
         device="auto",
         input_size=args.size,
         cache_dir=work / "cache",
+        lr=args.lr,
+        heads=HeadsConfig(high_res=not args.no_high_res),
     )
     train_s = time.monotonic() - start
     bundle = load_bundle(result.checkpoint)
