@@ -46,7 +46,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     p.add_argument("--input-size", type=int, help="model input side (default per encoder)")
     p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: beside --out)")
     p.add_argument(
