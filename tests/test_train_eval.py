@@ -111,8 +111,9 @@ def test_prediction_outputs_match_the_image_and_clicks_refine(synth_dir, tmp_pat
 
 
 def test_test_time_views_are_mapped_back_before_averaging(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    bundle, _, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
-    image = val[0].image
+    seed_everything(0)  # untrained heads: any weights must map back alike
+    bundle = new_bundle(build_encoder("sam_tiny", input_size=64), label_sigma=2.0)
+    image = load_samples(discover(synth_dir), 64)[0].image
     flips = ("identity", "hflip", "vflip", "rot180")  # closed under composition
     plain = predict_views(bundle, [image], views=["identity"])
     assert np.allclose(plain.prob, run_heads(bundle, encode_images(bundle, [image])).prob)
@@ -120,7 +121,7 @@ def test_test_time_views_are_mapped_back_before_averaging(synth_dir, tmp_path) -
     # Flipping the input permutes the views, so the average flips with it, exactly.
     flipped = predict_views(bundle, [apply_transform(image, "hflip")], views=flips).prob[0]
     assert np.allclose(flipped, apply_transform(avg, "hflip"), atol=1e-5)
-    assert not np.allclose(avg, plain.prob[0], atol=1e-4)  # the views do differ
+    assert np.abs(avg - plain.prob[0]).max() > 1e-3  # the views do differ
     with pytest.raises(ValueError, match="view"):
         predict_views(bundle, [image], views=[])
 
