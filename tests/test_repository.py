@@ -59,13 +59,14 @@ def test_predictions_roundtrip_and_feed_the_queue_order(repo: Repository) -> Non
 
 def test_arrival_order_leases_and_expiry(repo: Repository) -> None:
     ids = _ingest(repo, 2)
-    a = repo.next_for_review("alice", order="arrival", lease_seconds=0.2)
+    # Leases long enough to outlast a loaded machine between calls, short enough to wait out.
+    a = repo.next_for_review("alice", order="arrival", lease_seconds=1.5)
     b = repo.next_for_review("bob", order="arrival")
     assert a is not None and b is not None and (a.id, b.id) == (ids[0], ids[1])
-    again = repo.next_for_review("alice", order="arrival", lease_seconds=0.2)
+    again = repo.next_for_review("alice", order="arrival", lease_seconds=1.5)
     assert again is not None and again.id == ids[0]  # she gets her own image back
     assert repo.next_for_review("carol") is None
-    time.sleep(0.3)  # alice abandons her image; the lease expires
+    time.sleep(1.7)  # alice abandons her image; the lease expires
     assert repo.next_for_review("carol", order="arrival").id == ids[0]  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="order"):
         repo.next_for_review("x", order="random")
