@@ -111,6 +111,11 @@ def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
     return path
 
 
+# Head settings added after checkpoints were first written: what a checkpoint that lacks
+# the key was trained with.
+HEADS_BEFORE_THEIR_KEY: dict[str, int | bool] = {"fusion_scale": 1}
+
+
 def read_checkpoint(path: Path | str) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
     """Metadata and weights of a checkpoint file; CheckpointError when it is not one."""
     path = Path(path)
@@ -167,7 +172,11 @@ def load_bundle(
             f"{path}: trained on encoder weights {str(meta.encoder_sha256)[:12]}…, "
             f"but the loaded encoder has {str(encoder.weights_sha256)[:12]}…"
         )
-    heads = HeatPromptSAM(encoder, config=HeadsConfig(**meta.heads))
+    try:
+        config = HeadsConfig(**{**HEADS_BEFORE_THEIR_KEY, **meta.heads})
+        heads = HeatPromptSAM(encoder, config=config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: head settings do not match this version ({exc})") from exc
     try:
         heads.load_trainable_state_dict(state)
     except (KeyError, RuntimeError) as exc:

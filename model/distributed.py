@@ -97,7 +97,7 @@ class _Step(nn.Module):
 
     def forward(self, frozen, **kwargs):  # type: ignore[no-untyped-def]
         out = self.heads(frozen, **kwargs)
-        return out.heatmap_logits, out.mask_logits
+        return out.heatmap_logits, out.mask_logits, out.decoder_logits
 
 
 def step_module(heads: nn.Module, ctx: DistContext) -> nn.Module:

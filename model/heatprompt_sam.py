@@ -42,6 +42,9 @@ class HeadsConfig:
     high_res: bool = True  # SAM-HQ-style early features in the mask up-sampling
     full_res: bool = True  # per-pixel correction from the pixels (encoders that pass them)
     full_res_hidden: int = 32
+    # Fused features at this many times the embedding grid's resolution; the heatmap head
+    # halves it, so 2 puts the heatmap on the embedding grid (1: half the grid's size).
+    fusion_scale: int = 2
 
     def as_dict(self) -> dict[str, int | bool]:
         return {
@@ -51,16 +54,20 @@ class HeadsConfig:
             "high_res": self.high_res,
             "full_res": self.full_res,
             "full_res_hidden": self.full_res_hidden,
+            "fusion_scale": self.fusion_scale,
         }
 
 
 @dataclass
 class HeatPromptOutput:
-    """heatmap_logits (B, 1, g/2, g/2); mask_logits (B, 1, S, S) at input size; iou (B, 1)."""
+    """heatmap_logits (B, 1, g·k/2, g·k/2), k = fusion_scale; mask_logits (B, 1, S, S) at
+    input size; iou (B, 1); decoder_logits (B, 1, 4g, 4g): the SAM decoder's own mask,
+    before the high-resolution and full-resolution refinements (deeply supervised)."""
 
     heatmap_logits: torch.Tensor
     mask_logits: torch.Tensor
     iou_pred: torch.Tensor
+    decoder_logits: torch.Tensor
 
 
 class HeatPromptSAM(nn.Module):
@@ -84,10 +91,12 @@ class HeatPromptSAM(nn.Module):
                 out_channels=SAM_EMBED_DIM,
                 levels=context,
             )
+        if self.config.fusion_scale not in (1, 2, 4):
+            raise ValueError(f"fusion_scale must be 1, 2 or 4, got {self.config.fusion_scale}")
         self.fusion = FeatureFusion(
             in_channels=encoder.feature_channels,
             in_strides=encoder.feature_strides,
-            out_stride=encoder.embedding_stride,
+            out_stride=max(1, encoder.embedding_stride // self.config.fusion_scale),
             width=self.config.fusion_channels,
             out_channels=self.config.fusion_channels,
             levels=context,
@@ -176,7 +185,7 @@ class HeatPromptSAM(nn.Module):
             sparse = embedding.new_zeros((b, 0, SAM_EMBED_DIM))
         else:
             sparse, _ = self.prompt_encoder(points=points, boxes=None, masks=None)
-        low_res, iou_pred = decode_batched(
+        low_res, iou_pred, decoder_logits = decode_batched(
             self.mask_decoder,
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -195,4 +204,4 @@ class HeatPromptSAM(nn.Module):
         if self.full_res is not None:
             pixels = torch.cat([frozen.features[i] for i in self.pixel_levels], dim=1)
             mask_logits = self.full_res(mask_logits, pixels)
-        return HeatPromptOutput(heatmap_logits, mask_logits, iou_pred)
+        return HeatPromptOutput(heatmap_logits, mask_logits, iou_pred, decoder_logits)

@@ -20,12 +20,15 @@ def decode_batched(
     sparse_prompt_embeddings: torch.Tensor,
     dense_prompt_embeddings: torch.Tensor,
     hq_features: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-mask logits (B, 1, 4g, 4g) and IoU predictions (B, 1), one per image.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Single-mask logits (B, 1, 4g, 4g), IoU predictions (B, 1), and the decoder's own
+    mask logits (B, 1, 4g, 4g) before the high-resolution features, one per image.
 
     `hq_features` (B, C/8, 4g, 4g), when given, are added to the decoder's up-scaled
     embedding before the mask is read out: the SAM-HQ remedy that brings early,
-    high-resolution encoder features to thin structures.
+    high-resolution encoder features to thin structures. The readout is linear, so the
+    mask is the decoder's own mask plus the high-resolution features' share; training
+    supervises the former too, so the decoder cannot leave the work to the latter.
     """
     b = image_embeddings.shape[0]
     if sparse_prompt_embeddings.shape[0] != b or dense_prompt_embeddings.shape[0] != b:
@@ -40,11 +43,13 @@ def decode_batched(
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    if hq_features is not None:
-        upscaled = upscaled + hq_features
     # Mask token 0 is SAM's single-mask output (multimask_output=False).
     hyper_in = decoder.output_hypernetworks_mlps[0](mask_tokens_out[:, 0, :]).unsqueeze(1)
     _, uc, uh, uw = upscaled.shape
-    masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, 1, uh, uw)
+    own = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, 1, uh, uw)
+    masks = own
+    if hq_features is not None:
+        hq = hq_features.to(hyper_in.dtype).reshape(b, uc, uh * uw)
+        masks = own + (hyper_in @ hq).reshape(b, 1, uh, uw)
     iou_pred = decoder.iou_prediction_head(iou_token_out)[:, :1]
-    return masks, iou_pred
+    return masks, iou_pred, own

@@ -69,6 +69,8 @@ class TrainConfig:
     views_per_image: int = 2  # identity + fixed random transforms: bounds encoder runs
     # Predictions average these flips/rotations; the mask rule is calibrated on them.
     test_time_views: tuple[str, ...] = TRANSFORMS
+    # Validation images (a seeded sample) the final calibration over those views uses.
+    calibration_images: int = 160
     prompt_dropout: float = 0.2
     click_prob: float = 0.2
     mixed_precision: bool = True  # float16 on CUDA, bfloat16 on CPUs that support it
@@ -90,11 +92,25 @@ class TrainResult:
     val_report: dict[str, Any] | None
 
 
-def loop_budget_s(budget_s: float, first_val_s: float, views: int) -> float:
+def loop_budget_s(budget_s: float, first_val_s: float, views: int, share: float = 1.0) -> float:
     """Seconds of `budget_s` the training loop may use when the final calibration makes
-    `views` passes over the validation set, the first cached and each other costing about
-    `first_val_s` (the first validation pass, which encoded the set); at least half."""
-    return max(0.5 * budget_s, budget_s - first_val_s * (views - 1))
+    `views` passes over a `share` of the validation set, the first cached and each other
+    costing about `first_val_s` (the first validation pass, which encoded the whole set)
+    times `share`; at least half."""
+    return max(0.5 * budget_s, budget_s - first_val_s * share * (views - 1))
+
+
+def calibration_sample(items: Sequence[LoadedSample], size: int, seed: int) -> list[LoadedSample]:
+    """A seeded sample of `size` validation items, in their order (all when fewer), with
+    defect-free and defective items in the proportion of the whole set."""
+    if size >= len(items):
+        return list(items)
+    rng = random.Random(seed)
+    good = [i for i, it in enumerate(items) if not it.defective]
+    bad = [i for i, it in enumerate(items) if it.defective]
+    n_good = round(size * len(good) / len(items))
+    chosen = rng.sample(good, n_good) + rng.sample(bad, size - n_good)
+    return [items[i] for i in sorted(chosen)]
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -255,7 +271,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                heat_logits, mask_logits = step_fn(
+                heat_logits, mask_logits, decoder_logits = step_fn(
                     frozen, use_prompt=keep.to(device), points=points
                 )
             terms = heatprompt_loss(
@@ -264,6 +280,7 @@ def train(
                 heats.to(device),
                 masks.to(device),
                 config.loss,
+                decoder_logits=decoder_logits,
             )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
@@ -304,7 +321,8 @@ def train(
         score = from_main(score, ctx)  # every rank follows rank 0's early-stopping decision
         if epoch == 1 and budget and val_items:
             first_val_s = from_main(first_val_s, ctx)
-            loop_budget = loop_budget_s(budget, first_val_s, len(test_views))
+            share = min(1.0, config.calibration_images / len(val_items))
+            loop_budget = loop_budget_s(budget, first_val_s, len(test_views), share)
         history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -322,24 +340,26 @@ def train(
             break
     bar.close()
     barrier(ctx)
-    # Reload the best weights, calibrate the mask rule on validation data, save again.
+    # Reload the best weights, calibrate the mask rule on a validation sample over the
+    # test-time views, save again (the final validation report is that sample's).
     from model.checkpoint import read_checkpoint
 
     _, state = read_checkpoint(out)
     heads.load_trainable_state_dict(state)
     bundle.meta.test_time_views = list(test_views)
     if val_items and ctx.is_main:
+        calib = calibration_sample(val_items, config.calibration_images, config.seed)
         probs = predict_probs(
-            bundle, val_items, cache=cache, batch_size=config.batch_size, progress=progress
+            bundle, calib, cache=cache, batch_size=config.batch_size, progress=progress
         )
         grid = rule_grid(THRESHOLD_GRID, area_grid(bundle.encoder.input_size))
-        rule = best_rule(probs, val_items, grid)
+        rule = best_rule(probs, calib, grid)
         bundle.meta.mask_threshold = float(rule.threshold)
         bundle.meta.min_defect_area = int(rule.min_area)
         best_report = segmentation_report(
             probs,
-            [it.mask for it in val_items],
-            [it.defect_type for it in val_items],
+            [it.mask for it in calib],
+            [it.defect_type for it in calib],
             threshold=rule.threshold,
             min_area=rule.min_area,
         )

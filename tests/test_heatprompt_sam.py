@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from model.checkpoint import new_bundle
+from model.checkpoint import load_bundle, new_bundle, save_checkpoint
+from model.errors import CheckpointError
 from model.full_res import FullResRefinement
+from model.heatprompt_sam import HeadsConfig
 from model.mask_decoding import decode_batched
 
 
@@ -23,13 +25,25 @@ def test_batched_decoder_matches_a_per_image_loop(tiny_encoder) -> None:  # type
     sparse = torch.randn(3, 2, 256)
     pe = heads.prompt_encoder.get_dense_pe()
     with torch.no_grad():
-        batched, iou = decode_batched(
+        batched, iou, own = decode_batched(
             heads.mask_decoder,
             image_embeddings=emb,
             image_pe=pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
         )
+        assert torch.equal(own, batched)  # no high-res features: the decoder's own mask
+        hq = torch.randn(3, 32, *batched.shape[-2:])
+        with_hq, _, own_hq = decode_batched(
+            heads.mask_decoder,
+            image_embeddings=emb,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            hq_features=hq,
+        )
+        assert torch.allclose(own_hq, batched, atol=1e-5)
+        assert not torch.allclose(with_hq, batched, atol=1e-2)
         for i in range(3):
             single, single_iou = heads.mask_decoder(
                 image_embeddings=emb[i : i + 1],
@@ -42,12 +56,39 @@ def test_batched_decoder_matches_a_per_image_loop(tiny_encoder) -> None:  # type
             assert torch.allclose(iou[i], single_iou[0], atol=1e-5)
 
 
-def test_outputs_have_the_documented_shapes(tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    heads = new_bundle(tiny_encoder, label_sigma=2.0).heads.eval()
+@pytest.mark.parametrize("scale", [1, 2])
+def test_outputs_have_the_documented_shapes(tiny_encoder, scale: int) -> None:  # type: ignore[no-untyped-def]
+    config = HeadsConfig(fusion_scale=scale)
+    heads = new_bundle(tiny_encoder, label_sigma=2.0, heads=config).heads.eval()
     out = heads(_frozen(tiny_encoder, 2))
     g = tiny_encoder.grid_size
-    assert out.heatmap_logits.shape == (2, 1, g // 2, g // 2)
+    assert out.heatmap_logits.shape == (2, 1, g * scale // 2, g * scale // 2)
     assert out.mask_logits.shape == (2, 1, 64, 64)
+    assert out.decoder_logits.shape == (2, 1, 4 * g, 4 * g)
+
+
+def test_checkpoint_without_fusion_scale_loads_with_the_heatmap_it_was_trained_for(
+    tiny_encoder,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    torch.manual_seed(0)
+    old = new_bundle(tiny_encoder, label_sigma=2.0, heads=HeadsConfig(fusion_scale=1))
+    del old.meta.heads["fusion_scale"]  # as written before the setting existed
+    path = save_checkpoint(tmp_path / "old.pt", old)
+    loaded = load_bundle(path, encoder=tiny_encoder)
+    assert loaded.heads.config.fusion_scale == 1
+    frozen = _frozen(tiny_encoder, 1)
+    with torch.no_grad():
+        expected = old.heads.eval()(frozen).heatmap_logits
+        assert torch.equal(loaded.heads(frozen).heatmap_logits, expected)
+
+
+def test_checkpoint_with_unknown_head_settings_is_refused(tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle = new_bundle(tiny_encoder, label_sigma=2.0)
+    bundle.meta.heads["fusion_scale"] = 3
+    path = save_checkpoint(tmp_path / "bad.pt", bundle)
+    with pytest.raises(CheckpointError, match="head settings"):
+        load_bundle(path, encoder=tiny_encoder)
 
 
 def test_prompt_switch_and_clicks_change_the_mask(tiny_encoder) -> None:  # type: ignore[no-untyped-def]

@@ -27,4 +27,22 @@ def test_total_is_the_weighted_sum_and_dice_can_be_off() -> None:
     terms = heatprompt_loss(h, m, hl, ml, w)
     assert terms["dice"] == 0
     expected = 2.0 * terms["heatmap"] + 0.5 * terms["bce"]
-    assert torch.allclose(terms["total"], expected)
+    assert torch.allclose(terms["total"], expected + w.decoder * terms["decoder"])
+    assert terms["decoder"] == 0  # no decoder logits given
+
+
+def test_decoder_term_scores_the_decoders_own_mask_on_its_grid() -> None:
+    torch.manual_seed(0)
+    h, m = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 32, 32)
+    hl, ml = torch.rand(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    ml[..., 8:16, 8:24] = 1
+    own_right = torch.full((2, 1, 8, 8), -10.0)
+    own_right[..., 2:4, 2:6] = 10.0  # the label's rectangle on the 4x coarser grid
+    w = LossWeights()
+    right = heatprompt_loss(h, m, hl, ml, w, decoder_logits=own_right)
+    wrong = heatprompt_loss(h, m, hl, ml, w, decoder_logits=-own_right)
+    assert right["decoder"] < 0.01 < 1.0 < wrong["decoder"]
+    gap = wrong["total"] - right["total"]
+    assert torch.allclose(gap, w.decoder * (wrong["decoder"] - right["decoder"]))
+    off = heatprompt_loss(h, m, hl, ml, LossWeights(decoder=0.0), decoder_logits=-own_right)
+    assert off["decoder"] == 0

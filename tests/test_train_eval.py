@@ -19,6 +19,7 @@ from model.train import (
     THRESHOLD_GRID,
     TrainConfig,
     area_grid,
+    calibration_sample,
     loop_budget_s,
     seed_everything,
     train,
@@ -144,6 +145,22 @@ def test_time_budget_keeps_room_for_calibrating_the_views() -> None:
     assert loop_budget_s(900.0, 20.0, 6) == 800.0  # five more passes like the first
     assert loop_budget_s(900.0, 20.0, 1) == 900.0  # upright only: nothing to reserve
     assert loop_budget_s(900.0, 200.0, 6) == 450.0  # never less than half the budget
+    assert loop_budget_s(900.0, 20.0, 6, share=0.5) == 850.0  # half the set to calibrate on
+
+
+def test_calibration_sample_is_seeded_ordered_and_keeps_the_clean_share(synth_dir) -> None:  # type: ignore[no-untyped-def]
+    items = load_samples(discover(synth_dir), 64)
+    clean = sum(not it.defective for it in items) / len(items)
+    position = {id(it): i for i, it in enumerate(items)}
+
+    def picked(seed: int, size: int = 10) -> list[int]:
+        return [position[id(it)] for it in calibration_sample(items, size, seed=seed)]
+
+    sample = picked(3)
+    assert len(set(sample)) == 10 and sample == sorted(sample)
+    assert sum(not items[i].defective for i in sample) == round(10 * clean)
+    assert picked(3) == sample and picked(4) != sample
+    assert picked(3, size=len(items) + 5) == list(range(len(items)))
 
 
 def test_checkpoint_for_another_encoder_is_refused(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]

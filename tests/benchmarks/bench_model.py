@@ -44,7 +44,14 @@ def _epoch(
             frozen = frozen.to("cpu", torch.float32)
         out = heads(frozen)
         zeros = torch.zeros(len(chunk), 1, size, size)
-        loss = heatprompt_loss(out.heatmap_logits, out.mask_logits, zeros, zeros, LossWeights())
+        loss = heatprompt_loss(
+            out.heatmap_logits,
+            out.mask_logits,
+            zeros,
+            zeros,
+            LossWeights(),
+            decoder_logits=out.decoder_logits,
+        )
         optim.zero_grad()
         loss["total"].backward()
         optim.step()

@@ -42,6 +42,12 @@ def main() -> None:
         action="store_true",
         help="ablation: no early high-resolution features in the mask path",
     )
+    parser.add_argument(
+        "--fusion-scale",
+        type=int,
+        default=HeadsConfig.fusion_scale,
+        help="fused features at this many times the embedding grid (1: the old heatmap)",
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="heatprompt-quality-"))
     train_dir = write_unseen_dataset(
@@ -61,7 +67,7 @@ def main() -> None:
         input_size=args.size,
         cache_dir=work / "cache",
         lr=args.lr,
-        heads=HeadsConfig(high_res=not args.no_high_res),
+        heads=HeadsConfig(high_res=not args.no_high_res, fusion_scale=args.fusion_scale),
     )
     train_s = time.monotonic() - start
     bundle = load_bundle(result.checkpoint)
