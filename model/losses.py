@@ -21,7 +21,7 @@ class LossWeights:
     heatmap: float = 5.0
     bce: float = 1.0
     dice: float = 1.0
-    decoder: float = 0.5  # BCE + Dice of the decoder's own mask, on its grid
+    decoder: float = 2.0  # BCE + Dice of the decoder's own mask, on its grid
 
 
 def heatmap_target(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -26,6 +26,7 @@ from model.heatprompt_sam import HeadsConfig
 from model.images import read_image
 from model.inference import resolve_device
 from model.labels import DEFAULT_SIGMA
+from model.losses import LossWeights
 from model.predict import Predictor
 from model.train import DEFAULT_LR, TrainConfig, TrainResult, seed_everything, train
 from model.visualize import colorize_heatmap, mask_png, overlay
@@ -48,6 +49,7 @@ def train_from_folders(
     cache_dir: Path | None = None,
     patience: int = 15,
     heads: HeadsConfig | None = None,
+    loss: LossWeights | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Discover and load every dataset, split, build a fresh model and train it."""
@@ -72,6 +74,7 @@ def train_from_folders(
         batch_size=batch_size,
         lr=lr,
         patience=patience,
+        loss=loss or LossWeights(),
     )
     # Room in memory for every view of every image, so later epochs never re-read disk.
     views = config.views_per_image * len(train_items) + len(val_items)

@@ -20,6 +20,7 @@ from model.checkpoint import load_bundle
 from model.dataset import discover, load_samples
 from model.evaluate import evaluate
 from model.heatprompt_sam import HeadsConfig
+from model.losses import LossWeights
 from model.pipeline import train_from_folders
 from model.train import DEFAULT_LR
 from tests.benchmarks.unseen_synth import write_unseen_dataset
@@ -48,6 +49,12 @@ def main() -> None:
         default=HeadsConfig.fusion_scale,
         help="fused features at this many times the embedding grid (1: the old heatmap)",
     )
+    parser.add_argument(
+        "--decoder-weight",
+        type=float,
+        default=LossWeights.decoder,
+        help="weight of the loss on the SAM decoder's own mask (0: off)",
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="heatprompt-quality-"))
     train_dir = write_unseen_dataset(
@@ -68,6 +75,7 @@ def main() -> None:
         cache_dir=work / "cache",
         lr=args.lr,
         heads=HeadsConfig(high_res=not args.no_high_res, fusion_scale=args.fusion_scale),
+        loss=LossWeights(decoder=args.decoder_weight),
     )
     train_s = time.monotonic() - start
     bundle = load_bundle(result.checkpoint)
