@@ -174,9 +174,9 @@ def load_bundle(
         )
     try:
         config = HeadsConfig(**{**HEADS_BEFORE_THEIR_KEY, **meta.heads})
-        heads = HeatPromptSAM(encoder, config=config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: head settings do not match this version ({exc})") from exc
+    heads = HeatPromptSAM(encoder, config=config)
     try:
         heads.load_trainable_state_dict(state)
     except (KeyError, RuntimeError) as exc:

@@ -46,6 +46,10 @@ class HeadsConfig:
     # halves it, so 2 puts the heatmap on the embedding grid (1: half the grid's size).
     fusion_scale: int = 2
 
+    def __post_init__(self) -> None:
+        if self.fusion_scale not in (1, 2, 4):
+            raise ValueError(f"fusion_scale must be 1, 2 or 4, got {self.fusion_scale}")
+
     def as_dict(self) -> dict[str, int | bool]:
         return {
             "fusion_channels": self.fusion_channels,
@@ -91,8 +95,6 @@ class HeatPromptSAM(nn.Module):
                 out_channels=SAM_EMBED_DIM,
                 levels=context,
             )
-        if self.config.fusion_scale not in (1, 2, 4):
-            raise ValueError(f"fusion_scale must be 1, 2 or 4, got {self.config.fusion_scale}")
         self.fusion = FeatureFusion(
             in_channels=encoder.feature_channels,
             in_strides=encoder.feature_strides,

@@ -1,5 +1,7 @@
 """The assembled model: batched decoding, prompt switch, clicks, checkpoint state."""
 
+import functools
+
 import pytest
 import torch
 
@@ -24,24 +26,19 @@ def test_batched_decoder_matches_a_per_image_loop(tiny_encoder) -> None:  # type
     dense = torch.randn_like(emb)
     sparse = torch.randn(3, 2, 256)
     pe = heads.prompt_encoder.get_dense_pe()
+    decode = functools.partial(
+        decode_batched,
+        heads.mask_decoder,
+        image_embeddings=emb,
+        image_pe=pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
     with torch.no_grad():
-        batched, iou, own = decode_batched(
-            heads.mask_decoder,
-            image_embeddings=emb,
-            image_pe=pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-        )
+        batched, iou, own = decode()
         assert torch.equal(own, batched)  # no high-res features: the decoder's own mask
         hq = torch.randn(3, 32, *batched.shape[-2:])
-        with_hq, _, own_hq = decode_batched(
-            heads.mask_decoder,
-            image_embeddings=emb,
-            image_pe=pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            hq_features=hq,
-        )
+        with_hq, _, own_hq = decode(hq_features=hq)
         assert torch.allclose(own_hq, batched, atol=1e-5)
         assert not torch.allclose(with_hq, batched, atol=1e-2)
         for i in range(3):
@@ -67,10 +64,7 @@ def test_outputs_have_the_documented_shapes(tiny_encoder, scale: int) -> None:  
     assert out.decoder_logits.shape == (2, 1, 4 * g, 4 * g)
 
 
-def test_checkpoint_without_fusion_scale_loads_with_the_heatmap_it_was_trained_for(
-    tiny_encoder,
-    tmp_path,  # type: ignore[no-untyped-def]
-) -> None:
+def test_checkpoint_without_fusion_scale_loads_its_heatmap(tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     old = new_bundle(tiny_encoder, label_sigma=2.0, heads=HeadsConfig(fusion_scale=1))
     del old.meta.heads["fusion_scale"]  # as written before the setting existed
@@ -84,6 +78,8 @@ def test_checkpoint_without_fusion_scale_loads_with_the_heatmap_it_was_trained_f
 
 
 def test_checkpoint_with_unknown_head_settings_is_refused(tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="fusion_scale"):
+        HeadsConfig(fusion_scale=3)
     bundle = new_bundle(tiny_encoder, label_sigma=2.0)
     bundle.meta.heads["fusion_scale"] = 3
     path = save_checkpoint(tmp_path / "bad.pt", bundle)
