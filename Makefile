@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= data
 
-.PHONY: install demo test lint bench quality clean
+.PHONY: install demo test lint bench quality gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 
 quality: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.quality --max-minutes 15
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

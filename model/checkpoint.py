@@ -2,15 +2,20 @@
 
 A checkpoint never holds frozen encoder weights, only the sha256 of the weights it was
 trained on, so loading it beside the wrong encoder file is refused. Files are written to a
-temporary name and renamed, so a crash never leaves a half-written checkpoint visible.
+temporary name, synced to disk and renamed (then the folder is synced), so neither a crash
+nor a power cut leaves a half-written checkpoint under the real name; loading can check
+the sha256 the database recorded, and a damaged file is always a `CheckpointError`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 import time
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ import torch
 from model.decision import MaskRule
 from model.encoders import FrozenEncoder, build_encoder
 from model.errors import CheckpointError, HeatPromptError
+from model.hashing import sha256_bytes
 from model.heatprompt_sam import HeadsConfig, HeatPromptSAM
 from model.version import code_version
 
@@ -88,10 +94,39 @@ def new_bundle(
     return ModelBundle(encoder, HeatPromptSAM(encoder, config=config), meta)
 
 
-def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
-    """Atomically write the bundle's trainable weights and metadata to `path`."""
+def _fsync_folder(folder: Path) -> None:
+    """Sync a folder so that a rename inside it survives a power cut (POSIX only)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path | str, payload: Mapping[str, Any]) -> Path:
+    """`torch.save` `payload` to `path` so that after a crash or power cut the path holds
+    either the old file or the complete new one: temporary file in the same folder,
+    flush + fsync, atomic rename, fsync of the folder. Every checkpoint goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(payload), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
+    """Durably write the bundle's trainable weights and metadata to `path`."""
     # Metadata must be plain JSON so that checkpoints load with `weights_only=True`;
     # checking it first means a bad value never replaces a good file.
     meta = json.loads(json.dumps(bundle.meta.as_dict()))
@@ -100,15 +135,7 @@ def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
         "meta": meta,
         "state": bundle.heads.trainable_state_dict(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_durably(path, payload)
 
 
 # Head settings added after checkpoints were first written: what a checkpoint that lacks
@@ -116,24 +143,63 @@ def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
 HEADS_BEFORE_THEIR_KEY: dict[str, int | bool] = {"fusion_scale": 1}
 
 
-def read_checkpoint(path: Path | str) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
-    """Metadata and weights of a checkpoint file; CheckpointError when it is not one."""
+def _check_archive(path: Path, data: bytes) -> None:
+    """Refuse a damaged file: torch.load does not check the zip CRCs of tensor data, so
+    zeroed or flipped bytes inside the weights would otherwise load silently."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            damaged = archive.testzip()
+    except Exception as exc:  # zipfile raises several unrelated types for damaged files
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({exc.__class__.__name__})"
+        ) from exc
+    if damaged is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint (bad checksum in {damaged})")
+
+
+def read_checkpoint(
+    path: Path | str, *, expected_sha256: str | None = None
+) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+    """Metadata and weights of a checkpoint file; CheckpointError when it is not one.
+
+    With `expected_sha256` the bytes are checked before anything is unpickled, so a
+    truncated or replaced file is refused with both hashes in the message. Without it the
+    archive's own checksums still catch damage. The file is read once, so the bytes
+    checked are the bytes loaded.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if expected_sha256 is not None:
+        actual = sha256_bytes(data)
+        if actual != expected_sha256.lower():
+            raise CheckpointError(
+                f"{path}: sha256 {actual} does not match the expected {expected_sha256} "
+                f"({len(data)} bytes; truncated or replaced?)"
+            )
+    _check_archive(path, data)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for damaged files
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({exc.__class__.__name__})"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a HeatPrompt checkpoint")
+    meta_dict, state = payload.get("meta"), payload.get("state")
+    if not isinstance(meta_dict, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint lacks its metadata or weights")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: checkpoint weights are not all tensors")
     try:
-        meta = CheckpointMeta(**payload["meta"])
+        meta = CheckpointMeta(**meta_dict)
     except TypeError as exc:
         raise CheckpointError(f"{path}: metadata does not match this version ({exc})") from exc
-    return meta, payload["state"]
+    return meta, state
 
 
 def load_bundle(
@@ -142,12 +208,15 @@ def load_bundle(
     sam_checkpoint: Path | str | None = None,
     device: torch.device | str = "cpu",
     encoder: FrozenEncoder | None = None,
+    expected_sha256: str | None = None,
 ) -> ModelBundle:
     """Rebuild encoder + heads from a checkpoint; refuse a mismatched encoder.
 
-    `encoder` may be passed to share an already loaded frozen encoder between versions.
+    `encoder` may be passed to share an already loaded frozen encoder between versions;
+    `expected_sha256` (the hash recorded when the checkpoint was registered) refuses a
+    file whose bytes changed since.
     """
-    meta, state = read_checkpoint(path)
+    meta, state = read_checkpoint(path, expected_sha256=expected_sha256)
     if encoder is None:
         try:
             encoder = build_encoder(

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -101,20 +102,36 @@ def discover(root: Path | str) -> list[Sample]:
     return samples
 
 
-def split(
-    samples: list[Sample], *, val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic split stratified by defect type; every type with ≥2 images gets a val one."""
+SplitItem = TypeVar("SplitItem", Sample, LoadedSample)
+
+
+def _split_key(item: Sample | LoadedSample) -> str:
+    return str((item.sample if isinstance(item, LoadedSample) else item).image_path)
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """Refuse a validation share outside [0, 1) before any image is read."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val fraction must be in [0, 1), got {val_fraction}")
-    by_type: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_type[s.defect_type].append(s)
+
+
+def split(
+    items: Sequence[SplitItem], *, val_fraction: float, seed: int
+) -> tuple[list[SplitItem], list[SplitItem]]:
+    """Deterministic split stratified by defect type; every type with ≥2 images gets a val one.
+
+    Samples and the same samples once loaded split alike (same key, same type), so every
+    training run draws the same validation set from the same items and seed.
+    """
+    check_val_fraction(val_fraction)
+    by_type: dict[str, list[SplitItem]] = defaultdict(list)
+    for item in items:
+        by_type[item.defect_type].append(item)
     rng = random.Random(seed)
-    train: list[Sample] = []
-    val: list[Sample] = []
+    train: list[SplitItem] = []
+    val: list[SplitItem] = []
     for defect_type in sorted(by_type):
-        group = sorted(by_type[defect_type], key=lambda s: str(s.image_path))
+        group = sorted(by_type[defect_type], key=_split_key)
         rng.shuffle(group)
         n_val = round(len(group) * val_fraction)
         if val_fraction > 0 and n_val == 0 and len(group) >= 2:

@@ -14,21 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from model.checkpoint import load_bundle, new_bundle
-from model.dataset import discover, load_samples, split
+from model.checkpoint import load_bundle
+from model.dataset import check_val_fraction, discover, load_samples
 from model.distributed import init_from_environment
 from model.encoders import build_encoder
-from model.feature_cache import FeatureCache
 from model.heatprompt_sam import HeadsConfig
 from model.images import read_image
 from model.inference import resolve_device
-from model.labels import DEFAULT_SIGMA
 from model.losses import LossWeights
 from model.predict import Predictor
-from model.train import DEFAULT_LR, TrainConfig, TrainResult, seed_everything, train
+from model.train import DEFAULT_LR, TrainConfig, TrainResult
+from model.training_task import DEFAULT_VAL_FRACTION, run_training_task, training_device
 from model.visualize import colorize_heatmap, mask_png, overlay
 
 
@@ -40,7 +38,7 @@ def train_from_folders(
     sam_checkpoint: Path | None = None,
     epochs: int = 40,
     max_minutes: float | None = None,
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 4,
@@ -52,21 +50,13 @@ def train_from_folders(
     loss: LossWeights | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Discover and load every dataset, split, build a fresh model and train it."""
-    ctx = init_from_environment()  # joins the torchrun job when launched by torchrun
-    torch_device = resolve_device(device)
-    if ctx.active and torch_device.type == "cuda":
-        torch_device = torch.device("cuda", torch.cuda.current_device())
+    """Discover and load every dataset and train fresh heads on them (`run_training_task`)."""
+    init_from_environment()  # joins the torchrun job when launched by torchrun
+    check_val_fraction(val_fraction)  # bad arguments fail before any image is read
+    torch_device = training_device(device)
     samples = [s for folder in data for s in discover(folder)]
-    train_s, val_s = split(samples, val_fraction=val_fraction, seed=seed)
-    seed_everything(seed)
     enc = build_encoder(encoder, input_size=input_size, sam_checkpoint=sam_checkpoint)
-    bundle = new_bundle(enc, label_sigma=DEFAULT_SIGMA * enc.input_size / 256, heads=heads).to(
-        torch_device
-    )
-    size = enc.input_size
-    train_items = load_samples(train_s, size, progress=progress)
-    val_items = load_samples(val_s, size, progress=progress)
+    items = load_samples(samples, enc.input_size, progress=progress)
     config = TrainConfig(
         epochs=epochs,
         max_minutes=max_minutes,
@@ -76,12 +66,17 @@ def train_from_folders(
         patience=patience,
         loss=loss or LossWeights(),
     )
-    # Room in memory for every view of every image, so later epochs never re-read disk.
-    views = config.views_per_image * len(train_items) + len(val_items)
-    cache = FeatureCache(
-        cache_dir or Path(out).parent / ".feature-cache", max_memory_items=max(4096, views)
+    return run_training_task(
+        items,
+        config,
+        start=enc,
+        heads=heads,
+        out=out,
+        val_fraction=val_fraction,
+        cache=cache_dir or Path(out).parent / ".feature-cache",
+        device=torch_device,
+        progress=progress,
     )
-    return train(bundle, train_items, val_items, config, out=out, cache=cache, progress=progress)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:

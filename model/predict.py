@@ -57,7 +57,7 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, *, cache: FeatureCache | None = None) -> None:
         self.bundle = bundle
-        self.cache = cache if cache is not None else FeatureCache(None, max_memory_items=256)
+        self.cache = cache if cache is not None else FeatureCache(None, max_memory_bytes=256 << 20)
 
     @property
     def threshold(self) -> float:

@@ -118,6 +118,9 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A stolen token must stop working by itself (expiry) or on demand (revocation).
+    expires_at: Mapped[datetime | None] = mapped_column()  # None: never expires
+    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 class ModelVersion(Base):
@@ -190,3 +193,22 @@ class TrainingRun(Base):
     log_tail: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+
+
+class Promotion(Base):
+    """One change of the active model version. Re-predicting the review queue after it is
+    one job for the whole deployment: the first serving process that runs the promoted
+    version claims the row, re-predicts, and marks it finished."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    actor: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    repredicted: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(String(200))

@@ -29,5 +29,23 @@ def tiny_encoder():  # type: ignore[no-untyped-def]
     return build_encoder("sam_tiny", input_size=64)
 
 
-from tests.storage_fixtures import engine, repo  # noqa: E402,F401  (shared fixtures)
+from tests.storage_fixtures import (  # noqa: E402
+    NO_POSTGRES,
+    engine,  # noqa: F401  (shared fixtures)
+    postgres_required,
+    repo,  # noqa: F401
+)
 from tests.webapp_fixtures import running_app  # noqa: E402,F401
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    """Under HEATPROMPT_REQUIRE_POSTGRES=1, a test skipped because PostgreSQL does not answer
+    (a `skipif` mark included, which the fixtures cannot see) is reported as failed."""
+    report = yield
+    if report.skipped and postgres_required() and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if NO_POSTGRES in reason:
+            report.outcome = "failed"
+            report.longrepr = f"{reason}; HEATPROMPT_REQUIRE_POSTGRES=1 requires it"
+    return report

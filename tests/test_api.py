@@ -94,11 +94,11 @@ def test_upload_predict_and_read_back(running_app: RunningApp) -> None:
 def test_bad_uploads_are_refused_and_store_nothing(
     running_app: RunningApp, data: bytes, fragment: str
 ) -> None:
-    before = running_app.app.services.repo.counts()["images"]
+    before = running_app.app.services.repo.images.counts()["images"]
     response = upload(running_app, data, "bad.png")
     assert response.status_code == 422
     assert fragment in response.json()["error"] and "bad.png" in response.json()["error"]
-    assert running_app.app.services.repo.counts()["images"] == before
+    assert running_app.app.services.repo.images.counts()["images"] == before
 
 
 def test_decompression_bomb_is_refused_before_decoding(running_app: RunningApp) -> None:
@@ -133,19 +133,24 @@ def test_corrections_validate_and_roles_apply(running_app: RunningApp) -> None:
 
     def post(role: str, m: bytes | None, action: str = "corrected"):  # type: ignore[no-untyped-def]
         files = {"mask": ("m.png", m)} if m is not None else None
-        return httpx.post(url, headers=running_app.auth(role), data={"action": action}, files=files)
+        state = httpx.get(
+            f"{running_app.url}/api/images/{image_id}", headers=running_app.auth("viewer")
+        ).json()["state"]
+        data = {"action": action, "based_on": state}
+        return httpx.post(url, headers=running_app.auth(role), data=data, files=files)
 
     assert post("viewer", png(mask)).status_code == 403
     wrong_size = post("inspector", png(np.zeros((10, 10), np.uint8)))
     assert wrong_size.status_code == 422 and "10x10" in wrong_size.json()["error"]
-    gray = mask.copy()
-    gray[0, 0] = 77
-    assert "not binary" in post("inspector", png(gray)).json()["error"]
+    ambiguous = np.zeros((96, 128, 4), np.uint8)  # alpha and colour mark other pixels
+    ambiguous[..., 3] = np.where(mask > 0, 255, 40)
+    ambiguous[:10, :, :3] = 255
+    assert "ambiguous" in post("inspector", png(ambiguous)).json()["error"]
     assert post("inspector", png(mask), action="maybe").status_code == 422
     missing = httpx.post(
         f"{running_app.url}/api/images/99999/corrections",
         headers=running_app.auth("inspector"),
-        data={"action": "skipped"},
+        data={"action": "skipped", "based_on": "p0-c0"},
     )
     assert missing.status_code == 404
     ok = post("inspector", png(mask))
@@ -175,8 +180,8 @@ def test_queue_leases_and_empties(running_app: RunningApp) -> None:
         image_id = r.json()["id"]
         assert image_id not in seen
         seen.add(image_id)
-        services.repo.save_correction(image_id, author="admin", action="skipped")
-    assert seen and services.repo.counts()["pending"] == 0
+        services.repo.reviews.save_correction(image_id, author="admin", action="skipped")
+    assert seen and services.repo.images.counts()["pending"] == 0
 
 
 def test_model_endpoints(running_app: RunningApp) -> None:
@@ -187,7 +192,11 @@ def test_model_endpoints(running_app: RunningApp) -> None:
     )
     assert forbidden.status_code == 403
     ok = httpx.post(f"{running_app.url}/api/models/1/activate", headers=running_app.auth("admin"))
-    assert ok.status_code == 200 and ok.json()["status"] == "active"
+    assert ok.status_code == 200 and ok.json() == {"id": 1, "status": "active", "changed": False}
+    missing = httpx.post(
+        f"{running_app.url}/api/models/99/activate", headers=running_app.auth("admin")
+    )
+    assert missing.status_code == 404 and "99" in missing.json()["error"]
     assert (
         httpx.get(
             f"{running_app.url}/api/training-runs/7", headers=running_app.auth("viewer")

@@ -1,6 +1,9 @@
 """The `heatprompt` command line, run in-process through its real entry point."""
 
+import io
 import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +166,105 @@ def test_wrong_checkpoint_for_the_encoder_is_refused(trained, tmp_path, capsys) 
 def test_db_upgrade_and_downgrade_on_the_data_dir(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert main(["db", "upgrade", "--data-dir", str(tmp_path)]) == 0
-    assert "revision 0001" in capsys.readouterr().out
+    assert f"revision {_head()}" in capsys.readouterr().out
     assert (tmp_path / "heatprompt.db").is_file()
-    assert main(["db", "downgrade", "--data-dir", str(tmp_path)]) == 0
+    assert main(["db", "downgrade", "base", "--yes", "--data-dir", str(tmp_path)]) == 0
     assert "base (empty)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- db downgrade, user tokens
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from storage.migrate import MIGRATIONS_DIR
+
+    return str(ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head())
+
+
+def _tables(data_dir: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "heatprompt.db") as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+@pytest.fixture
+def sqlite_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory with a migrated SQLite database (DATABASE_URL unset)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("HEATPROMPT_DATABASE_URL", raising=False)
+    assert main(["db", "upgrade", "--data-dir", str(tmp_path)]) == 0
+    return tmp_path
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """stdin on a real pseudo-terminal; call it with what the person types."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    stdin = os.fdopen(slave, "r")
+    monkeypatch.setattr("sys.stdin", stdin)
+    yield lambda line: os.write(master, line.encode())
+    stdin.close()
+    os.close(master)
+
+
+def test_downgrade_needs_an_explicit_revision(sqlite_data_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exit_:
+        main(["db", "downgrade", "--yes", "--data-dir", str(sqlite_data_dir)])
+    assert exit_.value.code == 2
+    assert "revision" in capsys.readouterr().err
+    assert "images" in _tables(sqlite_data_dir)
+
+
+def test_downgrade_without_a_terminal_is_refused(sqlite_data_dir, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("sys.stdin", io.StringIO("downgrade\n"))
+    assert main(["db", "downgrade", "base", "--data-dir", str(sqlite_data_dir)]) == 2
+    assert "not a terminal" in _error_line(capsys)
+    assert "images" in _tables(sqlite_data_dir)
+
+
+def test_downgrade_asks_for_the_word_on_a_terminal(sqlite_data_dir, terminal, capsys) -> None:  # type: ignore[no-untyped-def]
+    terminal("yes\n")
+    assert main(["db", "downgrade", "base", "--data-dir", str(sqlite_data_dir)]) == 2
+    assert "not confirmed" in _error_line(capsys)
+    assert "images" in _tables(sqlite_data_dir)
+    terminal("downgrade\n")
+    assert main(["db", "downgrade", "base", "--data-dir", str(sqlite_data_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "Type 'downgrade'" in captured.err and "base (empty)" in captured.out
+    assert "images" not in _tables(sqlite_data_dir)
+
+
+def test_token_days_expiry_and_revocation(sqlite_data_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from storage.accounts import Accounts
+    from storage.engine import make_engine, sqlite_url
+
+    d = str(sqlite_data_dir)
+    assert (
+        main(
+            ["user", "add", "ops", "--role", "admin", "--password", "long enough", "--data-dir", d]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["user", "token", "ops", "--days", "3", "--data-dir", d]) == 0
+    out, err = capsys.readouterr()
+    token = out.strip()
+    expected = (datetime.now(timezone.utc) + timedelta(days=3)).strftime("%Y-%m-%d")
+    assert len(out.splitlines()) == 1 and f"expires {expected}" in err
+    assert main(["user", "token", "ops", "--days", "0", "--data-dir", d]) == 0
+    out, err = capsys.readouterr()
+    forever = out.strip()
+    assert "never expires" in err
+    accounts = Accounts(make_engine(sqlite_url(sqlite_data_dir / "heatprompt.db")))
+    assert accounts.user_for_token(token).name == "ops"  # type: ignore[union-attr]
+    assert main(["user", "revoke-token", "ops", "--data-dir", d]) == 0
+    assert capsys.readouterr().out.strip() == "revoked 2 tokens of ops"
+    assert accounts.user_for_token(token) is None and accounts.user_for_token(forever) is None
+    assert main(["user", "token", "ops", "--days", "-1", "--data-dir", d]) == 2
+    assert "no expiry" in _error_line(capsys)
+    assert main(["user", "revoke-token", "nobody", "--data-dir", d]) == 2
+    assert "nobody" in _error_line(capsys)

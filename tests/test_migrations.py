@@ -15,6 +15,7 @@ TABLES = {
     "api_tokens",
     "model_versions",
     "training_runs",
+    "promotions",
 }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from model.checkpoint import new_bundle, save_checkpoint
 from model.encoders import build_encoder
+from model.hashing import sha256_file
 from storage.accounts import Accounts
 from storage.blobs import BlobStore
 from storage.engine import make_engine
@@ -124,39 +125,80 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
         admin.dispose()
 
 
+def _wait(predicate, timeout: float = 120.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} did not hold within {timeout} s")
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((96, 128, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_two_web_processes_and_a_worker_share_one_database(cluster: dict) -> None:
     webs, repo = cluster["webs"], cluster["repo"]
     headers = {"Authorization": f"Bearer {cluster['token']}"}
-    assert [httpx.get(f"{w}/api/health").json()["active_model_version"] for w in webs] == [1, 1]
+    assert [httpx.get(f"{w}/api/health").json()["served_model_version"] for w in webs] == [1, 1]
 
-    # An image sent to web 1 is visible, with its prediction, through web 2.
-    buf = io.BytesIO()
-    Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(buf, format="PNG")
-    image_id = httpx.post(
-        f"{webs[0]}/api/images", headers=headers, files={"file": ("shared.png", buf.getvalue())}
-    ).json()["id"]
-    deadline = time.monotonic() + 60
-    view = None
-    while time.monotonic() < deadline:
-        view = httpx.get(f"{webs[1]}/api/images/{image_id}", headers=headers).json()
-        if view["prediction"] is not None:
-            break
-        time.sleep(0.3)
-    assert view is not None and view["prediction"]["model_version"] == 1
+    # Images sent to web 1 are visible, with their predictions, through web 2.
+    ids = [
+        httpx.post(
+            f"{webs[0]}/api/images", headers=headers, files={"file": (f"{v}.png", _png(v))}
+        ).json()["id"]
+        for v in (40, 80, 120, 160, 200)
+    ]
 
-    # Promote a new version in the database: both web processes swap to it.
-    v2 = repo.register_model_version(
-        checkpoint_path=str(cluster["v2"]), checkpoint_sha256="2" * 64, encoder_id="effnet_lite0"
+    def predicted_by(version: int) -> bool:
+        views = [httpx.get(f"{webs[1]}/api/images/{i}", headers=headers).json() for i in ids]
+        return all(v["prediction"] and v["prediction"]["model_version"] == version for v in views)
+
+    _wait(lambda: predicted_by(1), what="first predictions")
+
+    # Promote a new version through web 1's API: both web processes swap to it, and the
+    # pending queue is re-predicted exactly once, by whichever process claimed the job.
+    v2 = repo.registry.register_model_version(
+        checkpoint_path=str(cluster["v2"]),
+        checkpoint_sha256=sha256_file(cluster["v2"]),
+        encoder_id="effnet_lite0",
     )
-    repo.activate(v2)
-    deadline = time.monotonic() + 60
-    versions: list[int | None] = []
-    while time.monotonic() < deadline:
-        versions = [httpx.get(f"{w}/api/health").json()["active_model_version"] for w in webs]
-        if versions == [v2, v2]:
-            break
-        time.sleep(0.5)
-    assert versions == [v2, v2]
+    answer = httpx.post(f"{webs[0]}/api/models/{v2}/activate", headers=headers, timeout=60)
+    assert answer.status_code == 200 and answer.json()["changed"] is True, answer.text
+
+    def both_serve_v2() -> bool:
+        health = [httpx.get(f"{w}/api/health").json() for w in webs]
+        return [h["served_model_version"] for h in health] == [v2, v2]
+
+    _wait(both_serve_v2, what="both processes serving v2")
+    promotion = _wait(
+        lambda: next(
+            (
+                p
+                for p in httpx.get(f"{webs[1]}/api/promotions", headers=headers).json()
+                if p["version"] == v2 and p["finished_at"]
+            ),
+            None,
+        ),
+        what="the promotion's re-prediction",
+    )
+    assert promotion["outcome"] == "done" and promotion["repredicted"] == len(ids)
+    with cluster["engine"].connect() as conn:
+        per_image = dict(
+            conn.execute(
+                text(
+                    "select image_id, count(*) from predictions "
+                    "where model_version_id = :v group by image_id"
+                ),
+                {"v": v2},
+            ).all()
+        )
+    assert per_image == {i: 1 for i in ids}
+    assert predicted_by(v2)
 
     # A training run asked for through web 2 is started by the worker (it fails fast here:
     # nothing is labelled yet), and the worker's job lives in the shared database.

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from model.checkpoint import new_bundle, save_checkpoint
+from model.encoders import build_encoder
+from model.hashing import sha256_file
 from tests.webapp_fixtures import PASSWORD, RunningApp
 
 
@@ -59,7 +64,7 @@ def test_review_save_and_export_through_the_ui_api(
     assert "defect score" in info and "uncertainty" in info
     defect_free = client.predict(None, "looks clean", "arrival", 0.45, api_name="/defect_free")
     assert f"image {image_id}" in defect_free[-1]
-    (last,) = services.repo.corrections_for(image_id)
+    (last,) = services.repo.reviews.corrections_for(image_id)
     assert last.action.value == "defect_free" and last.author == "admin"
     assert last.note == "looks clean"
     path, message = client.predict("COCO JSON (RLE)", api_name="/export")
@@ -79,10 +84,43 @@ def Image_bytes(seed: int) -> bytes:
 
 def test_retrain_now_queues_a_run_and_shows_it(client: Client, running_app: RunningApp) -> None:
     table, _plot, live, message = client.predict(api_name="/retrain")
-    run = running_app.app.services.repo.active_training_run()
+    run = running_app.app.services.repo.runs.active_training_run()
     assert run is not None and run.status.value == "queued"  # no scheduler here: the worker's
     assert f"Training run {run.id}" in message
     assert table["data"][0][0] == run.id and f"run {run.id}" in live
     viewer = Client(f"{running_app.url}/", auth=("viewer", PASSWORD), verbose=False)
     *_, refused = viewer.predict(api_name="/retrain")
-    assert "not an admin" in refused
+    assert "cannot start or cancel training" in refused
+
+
+def test_models_tab_promotes_and_rolls_back(
+    client: Client, running_app: RunningApp, tmp_path: Path
+) -> None:
+    services = running_app.app.services
+    torch.manual_seed(1)
+    path = save_checkpoint(
+        tmp_path / "v2.pt",
+        new_bundle(build_encoder("effnet_lite0", input_size=128), label_sigma=2.0),
+    )
+    v2 = services.repo.registry.register_model_version(
+        checkpoint_path=str(path), checkpoint_sha256=sha256_file(path), encoder_id="effnet_lite0"
+    )
+    viewer = Client(f"{running_app.url}/", auth=("viewer", PASSWORD), verbose=False)
+    for c in (viewer, client):  # the page's load event fills the version choices
+        c.predict(api_name="/models")
+    *_, refused = viewer.predict(v2, api_name="/activate")
+    assert "cannot promote or roll back" in refused
+    assert services.repo.registry.active_version().id == 1  # type: ignore[union-attr]
+
+    table, _plot, _pick, _line, message = client.predict(v2, api_name="/activate")
+    assert f"Version {v2} is now active" in message
+    assert {row[0]: row[1] for row in table["data"]}[v2] == "active"
+    deadline = time.monotonic() + 120
+    while services.model_status()["served_version"] != v2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert services.model_status()["served_version"] == v2
+
+    *_, back = client.predict(1, api_name="/activate")
+    assert "Version 1 is now active" in back
+    *_, again = client.predict(1, api_name="/activate")
+    assert "already active" in again

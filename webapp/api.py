@@ -1,5 +1,9 @@
 """REST API under /api: bearer-token auth, JSON errors with a message.
 
+A thin adapter: each route authenticates, translates the request into one `Services` call
+and the answer into JSON. Routes are plain `def`s, so FastAPI runs them in its thread
+pool: decoding, prediction, hashing and database work never block the event loop.
+
 No `from __future__ import annotations` here: FastAPI resolves the dependency annotations
 of the route functions, which are defined inside `build_router`.
 """
@@ -9,25 +13,36 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from model.errors import CheckpointError
 from storage.errors import BlobIntegrityError, NotFoundError, StorageError
-from storage.schema import Role, User
+from storage.review_queue import SaveConflict
+from storage.schema import User
 from webapp.ingest import IngestError
-from webapp.services import PermissionDenied, Services, decode_mask_upload, png_bytes
+from webapp.mask_upload import decode_mask_upload
+from webapp.model_server import NoModelError
+from webapp.permissions import PermissionDenied
+from webapp.review_order import DEFAULT_STRATEGY
+from webapp.services import Services, png_bytes
+from webapp.views import promotion_view, run_view, version_view
 
 
 class ApiError(Exception):
-    """An error answered as JSON `{"error": message}` with `status`."""
+    """An error answered as JSON `{"error": message, **extra}` with `status`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.extra = extra or {}
 
 
 ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
     (PermissionDenied, 403),
+    (SaveConflict, 409),
+    (NoModelError, 503),
     (BlobIntegrityError, 500),
+    (CheckpointError, 422),
     (IngestError, 422),
     (StorageError, 422),
     (ValueError, 422),
@@ -36,52 +51,53 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
 
 def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
     for cls, status in ERROR_STATUS:
         if isinstance(exc, cls):
             return JSONResponse({"error": str(exc)}, status_code=status)
     return JSONResponse({"error": "internal error"}, status_code=500)
 
 
+def read_upload(file: UploadFile, limit: int) -> bytes:
+    """At most `limit` bytes of an uploaded file; IngestError (422) beyond it, so an
+    oversize upload is never read whole into memory."""
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise IngestError(f"{file.filename or 'upload'}: larger than the limit of {limit} bytes")
+    return data
+
+
 def build_router(services: Services) -> APIRouter:
     """All /api routes, bound to `services`."""
     router = APIRouter(prefix="/api")
+    limit = services.settings.max_image_bytes
 
     def current_user(authorization: Annotated[str | None, Header()] = None) -> User:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
-        user = services.accounts.user_for_token(authorization.split(None, 1)[1].strip())
+        user = services.user_for_token(authorization.split(None, 1)[1].strip())
         if user is None:
-            raise ApiError(401, "unknown or revoked token")
-        return user
-
-    def admin(user: Annotated[User, Depends(current_user)]) -> User:
-        if user.role is not Role.admin:
-            raise ApiError(403, f"user {user.name!r} is not an admin")
+            raise ApiError(401, "unknown, expired or revoked token")
         return user
 
     Authed = Annotated[User, Depends(current_user)]
 
     @router.get("/health")
     def health() -> dict[str, Any]:
-        served = services.models.current
-        return {
-            "status": "ok" if served is not None else "no_model",
-            "active_model_version": None if served is None else served.version_id,
-            "queue_length": services.repo.counts()["pending"],
-        }
+        return services.health()
 
     @router.post("/images", status_code=201)
-    async def upload_image(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
-        data = await file.read()
-        result = services.ingest(data, file.filename or "upload", source=f"api:{user.name}")
+    def upload_image(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
+        data = read_upload(file, limit)
+        result = services.ingest(
+            data, file.filename or "upload", user=user, source=f"api:{user.name}"
+        )
         return {"id": result.id, "sha256": result.sha256, "duplicate": result.duplicate}
 
     @router.post("/predict")
-    async def predict(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
+    def predict(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
         """Predict one image now, without storing it (for line systems that need an answer)."""
-        data = await file.read()
-        return services.predict_upload(data, file.filename or "upload")
+        return services.predict_upload(read_upload(file, limit), file.filename or "upload", user)
 
     @router.get("/images/{image_id}")
     def get_image(image_id: int, user: Authed) -> dict[str, Any]:
@@ -101,93 +117,61 @@ def build_router(services: Services) -> APIRouter:
         return Response(services.heatmap_png(image_id), media_type="image/png")
 
     @router.post("/images/{image_id}/corrections", status_code=201)
-    async def post_correction(
+    def post_correction(
         image_id: int,
         user: Authed,
         action: str = Form(...),
+        based_on: str = Form(...),
         mask: UploadFile | None = File(None),
         note: str | None = Form(None),
     ) -> dict[str, Any]:
+        """Save a decision; `based_on` is the image's `state` as last read (409 when the
+        image changed since, with its current view, so nothing is lost)."""
         array = None
         if mask is not None:
-            array = decode_mask_upload(await mask.read(), mask.filename or "mask")
-        cid = services.save_correction(image_id, user, action=action, mask=array, note=note)
+            array = decode_mask_upload(read_upload(mask, limit), mask.filename or "mask")
+        try:
+            cid = services.save_correction(
+                image_id, user, action=action, mask=array, based_on=based_on, note=note
+            )
+        except SaveConflict as exc:
+            raise ApiError(409, str(exc), {"current": services.image_view(image_id)}) from exc
         return {"id": cid}
 
     @router.get("/queue/next", response_model=None)
-    def queue_next(user: Authed, order: str = "uncertainty") -> Response | dict[str, Any]:
-        image = services.repo.next_for_review(
-            user.name, order=order, lease_seconds=services.settings.lease_seconds
-        )
-        if image is None:
+    def queue_next(user: Authed, order: str = DEFAULT_STRATEGY) -> Response | dict[str, Any]:
+        image_id = services.next_for_review(user, order)
+        if image_id is None:
             return Response(status_code=204)
-        return services.image_view(image.id)
+        return services.image_view(image_id)
 
     @router.get("/models")
     def list_models(user: Authed) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": v.id,
-                "status": v.status.value,
-                "encoder_id": v.encoder_id,
-                "metrics": v.metrics,
-                "parent_id": v.parent_id,
-                "note": v.note,
-                "created_at": v.created_at.isoformat(),
-                "activated_at": v.activated_at.isoformat() if v.activated_at else None,
-            }
-            for v in services.repo.model_versions()
-        ]
+        return [version_view(v) for v in services.model_versions()]
 
     @router.post("/models/{version_id}/activate")
-    def activate(version_id: int, user: Annotated[User, Depends(admin)]) -> dict[str, Any]:
-        versions = {v.id: v for v in services.repo.model_versions()}
-        if version_id not in versions:
-            raise NotFoundError(f"no model version with id {version_id}")
-        services.models.load(versions[version_id].checkpoint_path, version_id)
-        services.repo.activate(version_id)
-        return {"id": version_id, "status": "active"}
+    def activate(version_id: int, user: Authed) -> dict[str, Any]:
+        changed = services.activate(version_id, user)
+        return {"id": version_id, "status": "active", "changed": changed}
+
+    @router.get("/promotions")
+    def list_promotions(user: Authed) -> list[dict[str, Any]]:
+        return [promotion_view(p) for p in services.promotions()]
 
     @router.post("/training-runs", status_code=202)
-    def start_training(user: Annotated[User, Depends(admin)]) -> dict[str, Any]:
+    def start_training(user: Authed) -> dict[str, Any]:
         return {"id": services.request_training(user, trigger=f"api:{user.name}")}
 
     @router.post("/training-runs/{run_id}/cancel")
-    def cancel_training(run_id: int, user: Annotated[User, Depends(admin)]) -> dict[str, Any]:
-        cancelled = services.repo.cancel_training_run(run_id)
-        return {
-            "id": run_id,
-            "cancelled": cancelled,
-            "status": services.repo.get_training_run(run_id).status.value,
-        }
+    def cancel_training(run_id: int, user: Authed) -> dict[str, Any]:
+        run, cancelled = services.cancel_training(user, run_id)
+        return {"id": run_id, "cancelled": cancelled, "status": run.status.value}
 
     @router.get("/training-runs/{run_id}")
     def get_run(run_id: int, user: Authed) -> dict[str, Any]:
-        return run_view(services.repo.get_training_run(run_id))
+        return run_view(services.training_run(run_id))
 
     return router
-
-
-def run_view(run: Any) -> dict[str, Any]:
-    """A training run as JSON."""
-
-    def iso(t: Any) -> str | None:
-        return t.isoformat() if t is not None else None
-
-    return {
-        "id": run.id,
-        "status": run.status.value,
-        "trigger": run.trigger,
-        "created_at": iso(run.created_at),
-        "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-        "corrections_used": run.corrections_used,
-        "correction_watermark": run.correction_watermark,
-        "metrics": run.metrics,
-        "model_version": run.model_version_id,
-        "log_tail": run.log_tail,
-        "error": run.error,
-    }
 
 
 def install_error_handlers(app: Any) -> None:

@@ -4,10 +4,12 @@ mounted at /. The database is upgraded on start."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 
+from model.checkpoint import read_checkpoint
 from model.hashing import sha256_file
 from storage.accounts import Accounts
 from storage.blobs import BlobStore
@@ -16,7 +18,9 @@ from storage.migrate import upgrade
 from storage.repository import Repository
 from webapp.api import build_router, install_error_handlers
 from webapp.hot_swap import HotSwapWatcher
+from webapp.login_throttle import LoginThrottle, LoginThrottleMiddleware, in_worker_thread
 from webapp.model_server import ModelServer
+from webapp.request_limits import RequestLimits
 from webapp.retraining import RetrainConfig
 from webapp.scheduler import RetrainScheduler
 from webapp.services import Services
@@ -44,17 +48,18 @@ class Application:
 
 
 def retrain_config(settings: Settings) -> RetrainConfig:
+    """The loop's knobs, and the [training] table as it is (each knob is declared once)."""
     return RetrainConfig(
+        **asdict(settings.training),
         min_new_corrections=settings.retrain_min_corrections,
-        max_minutes=settings.retrain_max_minutes,
-        epochs=settings.retrain_epochs,
         promotion_margin=settings.promotion_margin,
         from_scratch=settings.retrain_from_scratch,
     )
 
 
 def build_services(settings: Settings) -> Services:
-    """Open storage (upgrading the schema) and load the active or configured model."""
+    """Open storage (upgrading the schema); register `settings.checkpoint` as the first
+    model when the database has none. Loading a model is the hot-swap watcher's job."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
@@ -65,22 +70,23 @@ def build_services(settings: Settings) -> Services:
         cache_dir=settings.feature_cache_dir, sam_checkpoint=settings.sam_checkpoint
     )
     services = Services(settings=settings, repo=repo, accounts=Accounts(engine), models=models)
-    active = repo.active_version()
-    if active is not None:
-        models.load(active.checkpoint_path, active.id)
-    elif settings.checkpoint is not None:
-        served = models.load(settings.checkpoint, None)
-        meta = served.predictor.bundle.meta
-        version = repo.register_model_version(
-            checkpoint_path=str(settings.checkpoint),
-            checkpoint_sha256=sha256_file(settings.checkpoint),
-            encoder_id=meta.encoder_id,
-            metrics=meta.metrics.get("val") or {},
-            note="first model: promoted without a holdout comparison",
-        )
-        repo.activate(version)
-        models.load_version_id(version)
+    if repo.registry.active_version() is None and settings.checkpoint is not None:
+        register_first_model(repo, settings.checkpoint)
     return services
+
+
+def register_first_model(repo: Repository, checkpoint: Path) -> int:
+    """Register and activate a user-given checkpoint as the deployment's first model."""
+    meta, _ = read_checkpoint(checkpoint)  # CheckpointError for a bad file, before any row
+    version = repo.registry.register_model_version(
+        checkpoint_path=str(Path(checkpoint).resolve()),
+        checkpoint_sha256=sha256_file(checkpoint),
+        encoder_id=meta.encoder_id,
+        metrics=meta.metrics.get("val") or {},
+        note="first model: promoted without a holdout comparison",
+    )
+    repo.registry.activate(version, actor="serve --checkpoint")
+    return version
 
 
 def create_app(
@@ -92,6 +98,9 @@ def create_app(
     runs the retraining scheduler in this process (one process per deployment should).
     """
     services = build_services(settings)
+    watcher = HotSwapWatcher(services, interval=settings.hot_swap_seconds)
+    services.watcher = watcher
+    watcher.check(repredict=False)  # serve the active model (or a fallback) from the start
     app = Application(api=FastAPI(), services=services)
     if scheduler:
         app.scheduler = RetrainScheduler(
@@ -99,26 +108,33 @@ def create_app(
         ).start()
     services.trainer = app.scheduler
     if watch:
-        app.hot_swap = HotSwapWatcher(services, interval=settings.hot_swap_seconds).start()
+        app.hot_swap = watcher.start()
     api = FastAPI(
         title="HeatPrompt", openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None
     )
     install_error_handlers(api)
     api.include_router(build_router(services))
+    api.add_middleware(RequestLimits, max_body_bytes=settings.max_request_bytes)
     if ui:
         import gradio as gr
 
         from webapp.ui import build_ui, page_css, page_head
 
         blocks = build_ui(services)
+        # Argon2 runs in a worker thread, and repeated failures lock a name or address out.
+        api.add_middleware(LoginThrottleMiddleware, throttle=LoginThrottle())
         api = gr.mount_gradio_app(
             api,
             blocks,
             path="",
-            auth=services.check_login,
-            auth_message="HeatPrompt — sign in to review defects",
+            auth=in_worker_thread(services.check_login),
+            auth_message=(
+                "HeatPrompt — sign in to review defects (after 5 failed attempts a name or "
+                "address is locked out for a while)"
+            ),
             head=page_head(),
             css=page_css(),
+            max_file_size=settings.max_request_bytes,
         )
     app.api = api
     return app

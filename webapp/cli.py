@@ -104,8 +104,11 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="db_command", required=True)
     up = dsub.add_parser("upgrade", help="migrate the schema up (default: to head)")
     up.add_argument("revision", nargs="?", default="head")
-    down = dsub.add_parser("downgrade", help="migrate the schema down (default: to base)")
-    down.add_argument("revision", nargs="?", default="base")
+    down = dsub.add_parser(
+        "downgrade", help="migrate the schema down to REVISION (deletes tables and their rows)"
+    )
+    down.add_argument("revision", help="target revision, e.g. 0001, or base for an empty database")
+    down.add_argument("--yes", action="store_true", help="do not ask for a typed confirmation")
     for q in (up, down):
         q.add_argument("--data-dir", type=Path, help="data directory (SQLite file lives here)")
     up.set_defaults(func=cmd_db, direction="upgrade")
@@ -133,8 +136,26 @@ def _add_user(sub: argparse._SubParsersAction) -> None:
     add.set_defaults(func=cmd_user_add)
     tok = usub.add_parser("token", help="issue an API token (shown once)")
     tok.add_argument("name")
+    tok.add_argument(
+        "--days", type=int, help="lifetime in days (default HEATPROMPT_TOKEN_DAYS; 0: no expiry)"
+    )
     tok.set_defaults(func=cmd_user_token)
-    for q in (add, tok):
+    rev = usub.add_parser("revoke-token", help="revoke every API token of a user")
+    rev.add_argument("name")
+    rev.set_defaults(func=cmd_user_revoke_token)
+    for q in (add, tok, rev):
+        q.add_argument("--data-dir", type=Path)
+
+
+def _add_backup(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("backup", help="copy database, blobs and checkpoints to a new folder")
+    b.add_argument("dest", type=Path, help="backup folder to create")
+    b.set_defaults(func=cmd_backup)
+    r = sub.add_parser("restore", help="restore a backup into the configured database")
+    r.add_argument("src", type=Path, help="backup folder written by `heatprompt backup`")
+    r.add_argument("--force", action="store_true", help="replace a target that holds data")
+    r.set_defaults(func=cmd_restore)
+    for q in (b, r):
         q.add_argument("--data-dir", type=Path)
 
 
@@ -164,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_db,
         _add_serve,
         _add_user,
+        _add_backup,
         _add_worker,
     ):
         add(sub)
@@ -281,10 +303,30 @@ def _engine(data_dir: Path | None):  # type: ignore[no-untyped-def]
     return make_engine(settings.resolved_database_url)
 
 
+def confirm(action: str, consequence: str) -> None:
+    """Ask for `action` typed out on a terminal; ValueError unless it is typed. Without a
+    terminal nobody can answer, so the data-destroying command is refused (--yes skips)."""
+    if not sys.stdin or not sys.stdin.isatty():
+        raise ValueError(f"{consequence}; stdin is not a terminal to confirm on, pass --yes")
+    print(f"{consequence}. Type {action!r} to go on: ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip()
+    if not sys.stderr.isatty():  # no echoed Enter there: end the prompt's line ourselves
+        print(file=sys.stderr)
+    if answer != action:
+        raise ValueError(f"not confirmed ({action!r} was not typed); nothing changed")
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from storage.migrate import current_revision, downgrade, upgrade
 
     engine = _engine(args.data_dir)
+    if args.direction == "downgrade" and not args.yes:
+        where = engine.url.render_as_string(hide_password=True)
+        confirm(
+            "downgrade",
+            f"downgrading {where} from revision {current_revision(engine) or 'base'} to "
+            f"{args.revision} deletes the tables and columns added since, with their data",
+        )
     (upgrade if args.direction == "upgrade" else downgrade)(engine, args.revision)
     print(f"database at revision {current_revision(engine) or 'base (empty)'}")
     return 0
@@ -315,12 +357,85 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_token(args: argparse.Namespace) -> int:
     from storage.errors import StorageError
+    from webapp.settings import load_settings
 
+    days = load_settings(data_dir=args.data_dir).token_days if args.days is None else args.days
     try:
-        token = _accounts(args.data_dir).issue_token(args.name)
+        issued = _accounts(args.data_dir).issue(args.name, days=days)
     except StorageError as exc:
         raise ValueError(str(exc)) from exc
-    print(token)
+    print(issued.token)
+    # On stderr, so that `TOKEN=$(heatprompt user token NAME)` captures the token alone.
+    if issued.expires_at is None:
+        print("never expires (end it with `heatprompt user revoke-token`)", file=sys.stderr)
+    else:
+        print(f"expires {issued.expires_at:%Y-%m-%d %H:%M} UTC", file=sys.stderr)
+    return 0
+
+
+def cmd_user_revoke_token(args: argparse.Namespace) -> int:
+    from storage.errors import StorageError
+
+    try:
+        count = _accounts(args.data_dir).revoke_tokens(args.name)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+    print(f"revoked {count} token{'' if count == 1 else 's'} of {args.name}")
+    return 0
+
+
+def _summary(manifest) -> str:  # type: ignore[no-untyped-def]
+    counts = manifest.counts
+    shown = ", ".join(
+        f"{counts.get(t, 0)} {t.replace('_', ' ')}"
+        for t in ("images", "corrections", "model_versions", "users")
+    )
+    return (
+        f"{manifest.database} database at revision {manifest.revision or 'base'}: {shown}, "
+        f"{manifest.blobs} blobs, {len(manifest.checkpoints)} checkpoints"
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from storage.backup import create_backup
+    from storage.errors import StorageError
+    from webapp.settings import load_settings
+
+    settings = load_settings(data_dir=args.data_dir)
+    try:
+        manifest = create_backup(
+            _engine(args.data_dir),
+            data_dir=settings.data_dir,
+            blob_dir=settings.blob_dir,
+            models_dir=settings.data_dir / "models",
+            dest=args.dest,
+        )
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+    for path in manifest.not_included:
+        print(f"heatprompt: warning: checkpoint {path} is not in the backup", file=sys.stderr)
+    print(f"backed up {_summary(manifest)} to {args.dest}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from storage.backup import restore_backup
+    from storage.errors import StorageError
+    from webapp.settings import load_settings
+
+    settings = load_settings(data_dir=args.data_dir)
+    try:
+        manifest = restore_backup(
+            args.src,
+            _engine(args.data_dir),
+            data_dir=settings.data_dir,
+            blob_dir=settings.blob_dir,
+            models_dir=settings.data_dir / "models",
+            force=args.force,
+        )
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+    print(f"restored {_summary(manifest)} into {settings.data_dir}")
     return 0
 
 
@@ -359,15 +474,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from webapp.app import build_services, retrain_config
     from webapp.retraining import run_retraining
     from webapp.settings import load_settings
 
     settings = load_settings(data_dir=args.data_dir)
+    config = retrain_config(settings)
     if args.max_minutes:
-        settings = settings.model_copy(update={"retrain_max_minutes": args.max_minutes})
+        config = replace(config, max_minutes=args.max_minutes)  # validated like the settings
     services = build_services(settings)
-    run_id, created = services.repo.enqueue_training_run(trigger="cli")
+    run_id, created = services.repo.runs.enqueue_training_run(trigger="cli")
     if not created:
         raise ValueError(f"training run {run_id} is already queued or running")
     version = run_retraining(
@@ -375,10 +493,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         run_id,
         models_dir=settings.data_dir / "models",
         cache_dir=settings.feature_cache_dir,
-        config=retrain_config(settings),
+        config=config,
         sam_checkpoint=settings.sam_checkpoint,
     )
-    run = services.repo.get_training_run(run_id)
+    run = services.repo.runs.get_training_run(run_id)
     services.shutdown()
     if version is None:
         raise ValueError(f"training run {run_id} failed: {run.error}")

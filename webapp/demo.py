@@ -84,7 +84,7 @@ def run_demo(data_dir: Path, *, host: str, port: int, serve: bool = True) -> int
     for path in incoming:
         services.ingest(path.read_bytes(), path.name, source="demo")
     services.wait_for_predictions()
-    counts = services.repo.counts()
+    counts = services.repo.images.counts()
     print(f"demo ready: {counts['images']} images, {counts['pending']} waiting for review")
     if not serve:
         app.stop()

@@ -1,4 +1,16 @@
-"""Conversions between boolean masks and the Gradio ImageEditor's layers."""
+"""Masks to and from the review editor (Gradio's ImageEditor).
+
+The editor shows the image with the current mask drawn over it (the composite) and one
+empty layer to paint on. Strokes in the defect colour add to the mask, strokes in the
+background colour take away from it, the eraser removes strokes; the saved mask is
+
+    (shown mask ∪ defect strokes) − background strokes.
+
+The shown mask itself is kept on the server, not in an editor layer: Gradio 6's editor
+sizes a layer loaded from the server by the image's bounds at the moment it arrives, and
+drops it when the image has not finished loading, so a mask sent as a layer would be lost
+(and with it every predicted pixel of a correction).
+"""
 
 from __future__ import annotations
 
@@ -7,46 +19,69 @@ from typing import Any
 import cv2
 import numpy as np
 
-MASK_RGB = (255, 0, 64)
+MASK_RGB = (255, 0, 64)  # the defect brush, and the shown mask's tint
+CLEAR_RGB = (0, 170, 255)  # the background brush
 MASK_ALPHA = 140
+BRUSH_COLORS = ("#ff0040", "#00aaff")  # MASK_RGB, CLEAR_RGB as the editor's brush colours
 
 
-def mask_to_layer(mask: np.ndarray) -> np.ndarray:
-    """bool (H, W) → RGBA layer: the mask painted in the brush colour, the rest transparent."""
+def mask_to_layer(mask: np.ndarray, rgb: tuple[int, int, int] = MASK_RGB) -> np.ndarray:
+    """bool (H, W) → RGBA layer: the mask painted in `rgb`, the rest transparent."""
     layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
-    layer[mask] = (*MASK_RGB, MASK_ALPHA)
+    layer[mask] = (*rgb, MASK_ALPHA)
     return layer
 
 
-def layer_to_mask(layer: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """An editor layer → bool mask of `shape`: painted (non-transparent) pixels are defect."""
+def _resized(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if values.shape[:2] == shape:
+        return values
+    return cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def layer_strokes(
+    layer: np.ndarray | None, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(defect strokes, background strokes) of one editor layer as bool masks of `shape`.
+
+    A painted (non-transparent) pixel belongs to the brush whose colour it is nearer to;
+    layers without colour (grayscale, or RGB without alpha) count as defect strokes."""
+    empty = np.zeros(shape, dtype=bool)
     if layer is None:
-        return np.zeros(shape, dtype=bool)
-    if layer.ndim == 3 and layer.shape[2] == 4:
-        painted = layer[..., 3] > 0
-    elif layer.ndim == 3:
-        painted = layer.max(axis=2) > 0
-    else:
-        painted = layer > 0
-    if painted.shape != shape:
-        painted = cv2.resize(
-            painted.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST
-        ).astype(bool)
-    return painted
+        return empty, empty.copy()
+    if layer.ndim == 2:
+        return _resized((layer > 0).astype(np.uint8), shape).astype(bool), empty
+    painted = layer[..., 3] > 0 if layer.shape[2] == 4 else layer.max(axis=2) > 0
+    colour = layer[..., :3].astype(np.int32)
+    to_mask = ((colour - MASK_RGB) ** 2).sum(axis=2)
+    to_clear = ((colour - CLEAR_RGB) ** 2).sum(axis=2)
+    clear = painted & (to_clear < to_mask)
+    add = painted & ~clear
+    return (
+        _resized(add.astype(np.uint8), shape).astype(bool),
+        _resized(clear.astype(np.uint8), shape).astype(bool),
+    )
 
 
-def editor_mask(value: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
-    """The union of all painted layers of an ImageEditor value, as a bool mask."""
-    if not value or not value.get("layers"):
-        return np.zeros(shape, dtype=bool)
-    mask = np.zeros(shape, dtype=bool)
-    for layer in value["layers"]:
-        mask |= layer_to_mask(layer, shape)
+def edited_mask(shown: np.ndarray | None, value: dict[str, Any] | None) -> np.ndarray:
+    """The mask after the reviewer's strokes: (shown ∪ defect strokes) − background strokes.
+
+    `shown` is the mask the editor was opened with (None: an empty one of the editor's
+    background size)."""
+    if shown is None:
+        background = (value or {}).get("background")
+        if background is None:
+            raise ValueError("the editor holds no image")
+        shown = np.zeros(background.shape[:2], dtype=bool)
+    mask = shown.astype(bool).copy()
+    for layer in (value or {}).get("layers") or []:
+        add, clear = layer_strokes(layer, mask.shape)
+        mask |= add
+        mask &= ~clear
     return mask
 
 
 def composite(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with the mask layer blended over it, as the editor draws it."""
+    """The image with the mask tinted over it, as the editor shows it."""
     alpha = MASK_ALPHA / 255.0
     out = image.astype(np.float32).copy()
     out[mask] = out[mask] * (1 - alpha) + np.array(MASK_RGB, np.float32) * alpha
@@ -54,12 +89,7 @@ def composite(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def editor_value(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """An ImageEditor value: the image as background, the mask as the one editable layer.
-
-    The composite must be given too: without it the editor shows the background only.
-    """
-    return {
-        "background": image,
-        "layers": [mask_to_layer(mask)],
-        "composite": composite(image, mask),
-    }
+    """An ImageEditor value: the image as background, shown with the mask tinted over it
+    (the composite), and one empty layer for the reviewer's strokes."""
+    empty = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    return {"background": image, "layers": [empty], "composite": composite(image, mask)}

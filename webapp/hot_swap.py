@@ -1,32 +1,52 @@
 """Every serving process watches the active model version and swaps to it.
 
-The new checkpoint is loaded and smoke-tested beside the old one (see `ModelServer.load`);
-only then is the served reference replaced. A checkpoint that fails to load is logged and
-skipped, and the old model keeps serving. After a swap, images still waiting for review are
-re-predicted in the background, newest first.
+This watcher is the only code that loads a model into a serving process: a promotion or
+rollback (from the API, the UI, a retraining run or `serve --checkpoint`) only writes the
+database. The new checkpoint is verified against its registered sha256, loaded and
+smoke-tested beside the old one (see `ModelServer.load`); only then is the served
+reference replaced. A version that fails to load is remembered and skipped, and the old
+model keeps serving. A process that has no model yet (start-up after a power cut left the
+active checkpoint truncated) falls back to the newest version that loads, and says so.
+
+Re-predicting the review queue after a promotion is one job for the whole deployment: the
+promotion's row is claimed through the database by the first process that serves the
+promoted version, whichever it is.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 
-from sqlalchemy import select
-
-from storage.schema import Image, ReviewStatus
+from model.errors import CheckpointError
+from storage.schema import ModelVersion, VersionStatus
 from webapp.services import Services
 
 log = logging.getLogger(__name__)
+ACTIVE_CHECK_EVERY = 16  # re-predicted images between checks that the promotion still holds
+
+
+def process_name() -> str:
+    """A name for this process in promotion claims: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class HotSwapWatcher:
-    """Polls the database for the active version; swaps the served model when it changes."""
+    """Polls the database for the active version; swaps the served model when it changes
+    and re-predicts the queue when it claims the promotion."""
 
     def __init__(self, services: Services, *, interval: float = 5.0) -> None:
         self.services = services
         self.interval = interval
+        self.name = process_name()
         self.refused: dict[int, str] = {}  # version id → why it could not be loaded
+        self.fallback: str | None = None  # why a version other than the active one is served
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # one check at a time (thread tick vs. start-up call)
         self._thread = threading.Thread(target=self._run, name="hot-swap", daemon=True)
 
     def start(self) -> HotSwapWatcher:
@@ -35,8 +55,17 @@ class HotSwapWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        """Check now instead of at the next tick (after a promotion in this process)."""
+        self._wake.set()
+
+    def problem(self) -> str | None:
+        """Why the served model is not the active one, if it is not (for health and the UI)."""
+        return self.fallback
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -44,36 +73,92 @@ class HotSwapWatcher:
                 self.check()
             except Exception:  # the watcher must outlive any single failure
                 log.exception("hot-swap check failed")
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()
 
-    def check(self) -> bool:
-        """Swap if the database's active version differs from the served one; True if swapped."""
-        active = self.services.repo.active_version()
-        current = self.services.models.current
-        if active is None or (current is not None and current.version_id == active.id):
-            return False
-        if active.id in self.refused:
-            return False
+    def check(self, *, repredict: bool = True) -> bool:
+        """Serve the active version (or the best fallback) and, with `repredict`, do this
+        process's share of re-predicting; True if the served model changed."""
+        with self._lock:
+            swapped = self._swap_to_active()
+            served = self.services.models.current
+            if repredict and served is not None and served.version_id is not None:
+                self._repredict_if_claimed(served.version_id)
+            return swapped
+
+    # ------------------------------------------------------------------ swapping
+    def _load(self, version: ModelVersion) -> bool:
         try:
-            self.services.models.load(active.checkpoint_path, active.id)
-        except Exception as exc:
-            self.refused[active.id] = str(exc)
-            log.error("keeping the served model: version %s failed to load: %s", active.id, exc)
+            self.services.models.load(
+                version.checkpoint_path, version.id, expected_sha256=version.checkpoint_sha256
+            )
+        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+            self.refused[version.id] = str(exc)
+            log.error("version %s cannot be served: %s", version.id, exc)
             return False
-        log.info("now serving model version %s", active.id)
-        self.repredict_pending()
         return True
 
-    def repredict_pending(self) -> int:
-        """Queue background predictions for every pending image, newest first."""
-        with self.services.repo.session() as s:
-            ids = list(
-                s.scalars(
-                    select(Image.id)
-                    .where(Image.status == ReviewStatus.pending)
-                    .order_by(Image.arrived_at.desc(), Image.id.desc())
-                )
+    def _swap_to_active(self) -> bool:
+        registry = self.services.repo.registry
+        active = registry.active_version()
+        current = self.services.models.current
+        if active is None:
+            return False
+        if current is not None and current.version_id == active.id:
+            self.fallback = None
+            return False
+        if active.id not in self.refused and self._load(active):
+            self.fallback = None
+            log.info("now serving model version %s", active.id)
+            return True
+        why = self.refused.get(active.id, "")
+        if current is not None:
+            self.fallback = (
+                f"active version {active.id} cannot be loaded ({why}); still serving "
+                f"version {current.version_id}"
             )
-        for image_id in ids:
-            self.services.schedule_prediction(image_id)
-        return len(ids)
+            return False
+        # Nothing served yet: the newest version that loads, never a rejected candidate.
+        for version in sorted(registry.model_versions(), key=lambda v: v.id, reverse=True):
+            if version.id == active.id or version.status is VersionStatus.rejected:
+                continue
+            if version.id not in self.refused and self._load(version):
+                self.fallback = (
+                    f"active version {active.id} cannot be loaded ({why}); serving "
+                    f"version {version.id}, the newest that loads"
+                )
+                log.warning(self.fallback)
+                return True
+        self.fallback = f"active version {active.id} cannot be loaded ({why}); no model served"
+        return False
+
+    # ------------------------------------------------------------------ re-predicting
+    def _repredict_if_claimed(self, version_id: int) -> int:
+        """Claim this version's promotion, if it is the newest unfinished one, and re-predict
+        every pending image with it; returns the number re-predicted."""
+        repo = self.services.repo
+        promotion = repo.registry.claim_promotion(version_id, self.name)
+        if promotion is None:
+            return 0
+        ids = repo.images.pending_image_ids()
+        log.info("re-predicting %d pending images with version %s", len(ids), version_id)
+        done, outcome = 0, "done"
+        for n, image_id in enumerate(ids):
+            if self._stop.is_set():  # leave the claim: it goes stale and is taken over
+                return done
+            if n % ACTIVE_CHECK_EVERY == 0:
+                active = repo.registry.active_version()
+                if active is None or active.id != version_id:
+                    outcome = "interrupted: another version became active"
+                    break
+            served = self.services.models.current
+            if served is None or served.version_id != version_id:
+                outcome = "interrupted: the served model changed"
+                break
+            try:
+                self.services.predict_image(image_id)
+                done += 1
+            except Exception as exc:  # one bad image must not stop the rest
+                log.error("re-predicting image %s failed: %s", image_id, exc)
+        repo.registry.finish_promotion(promotion.id, repredicted=done, outcome=outcome)
+        return done

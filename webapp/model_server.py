@@ -23,6 +23,13 @@ from model.predict import Click, Prediction, Predictor
 log = logging.getLogger(__name__)
 
 
+SERVED_CACHE_MEMORY_BYTES = 512 << 20  # per serving process; the disk level holds the rest
+
+
+class NoModelError(RuntimeError):
+    """A prediction was asked for while no model is served (HTTP 503)."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """A loaded model and the database version it belongs to (None: unregistered)."""
@@ -61,10 +68,14 @@ class ModelServer:
         """The served model right now (take it once per request)."""
         return self._current
 
-    def load(self, checkpoint: Path, version_id: int | None) -> ServedModel:
+    def load(
+        self, checkpoint: Path | str, version_id: int | None, *, expected_sha256: str | None = None
+    ) -> ServedModel:
         """Load and smoke-test a checkpoint beside the served one, then swap to it.
 
-        On any failure the served model stays as it was and the error is raised.
+        `expected_sha256` (the hash registered with the version) refuses a file whose bytes
+        changed since. On any failure the served model stays as it was and the error is
+        raised. Only the hot-swap watcher calls this in a serving process.
         """
         with self._lock:
             current = self._current
@@ -76,19 +87,27 @@ class ModelServer:
             encoder = current.predictor.bundle.encoder if current is not None else None
             try:
                 bundle = load_bundle(
-                    checkpoint, sam_checkpoint=self._sam_checkpoint, encoder=encoder
+                    checkpoint,
+                    sam_checkpoint=self._sam_checkpoint,
+                    encoder=encoder,
+                    expected_sha256=expected_sha256,
                 )
             except CheckpointError:
                 if encoder is None:
                     raise
-                bundle = load_bundle(checkpoint, sam_checkpoint=self._sam_checkpoint)
+                bundle = load_bundle(
+                    checkpoint,
+                    sam_checkpoint=self._sam_checkpoint,
+                    expected_sha256=expected_sha256,
+                )
             if current is not None and bundle.meta.encoder_id != current.encoder_id:
                 raise CheckpointError(
                     f"{checkpoint}: encoder {bundle.meta.encoder_id} differs from the served "
                     f"{current.encoder_id}"
                 )
             cache = FeatureCache(
-                self._cache_dir / bundle.meta.encoder_id if self._cache_dir else None
+                self._cache_dir / bundle.meta.encoder_id if self._cache_dir else None,
+                max_memory_bytes=SERVED_CACHE_MEMORY_BYTES,
             )
             predictor = Predictor(bundle, cache=cache)
             smoke_test(predictor)
@@ -97,19 +116,11 @@ class ModelServer:
             log.info("serving model version %s from %s", version_id, checkpoint)
             return served
 
-    def load_version_id(self, version_id: int) -> None:
-        """Tag the served model with its newly registered database version."""
-        with self._lock:
-            if self._current is not None:
-                self._current = ServedModel(
-                    version_id, self._current.predictor, self._current.checkpoint
-                )
-
     def predict(
         self, image: np.ndarray, *, sha256: str, clicks: tuple[Click, ...] = ()
     ) -> tuple[Prediction, int | None]:
         """Predict with the model served at call time; returns the version that made it."""
         served = self._current
         if served is None:
-            raise RuntimeError("no model is loaded yet")
+            raise NoModelError("no model is served yet: label images, and the first model trains")
         return served.predictor.predict(image, sha256=sha256, clicks=clicks), served.version_id

@@ -1,10 +1,12 @@
 """One retraining run, from the labelled corrections to a gated model version.
 
 Steps: take the newest non-skipped correction of every reviewed image (defect-free →
-empty mask), keep the fixed holdout apart, fine-tune from the active checkpoint (or start
-fresh), evaluate candidate and active model on the same holdout, register the candidate,
-and promote it only if it is not worse than the active model by more than the margin.
-Progress and loss go to the run's `training_runs` row as it trains.
+empty mask; an image whose stored bytes are missing or damaged is skipped and reported),
+keep the fixed holdout apart, fine-tune from the active checkpoint (or start fresh) with
+the training task the command line uses too, evaluate candidate and active model on the
+same holdout, register the candidate, and promote it only if it is not worse than the
+active model by more than the margin. Progress and loss go to the run's `training_runs`
+row as it trains.
 """
 
 from __future__ import annotations
@@ -12,25 +14,29 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from model.checkpoint import load_bundle, new_bundle, read_checkpoint
+from model.checkpoint import ModelBundle, load_bundle, read_checkpoint
 from model.dataset import GOOD, LoadedSample, Sample
-from model.encoders import build_encoder
+from model.encoders import FrozenEncoder, build_encoder
+from model.encoders.registry import DEFAULT_ENCODER
 from model.evaluate import evaluate
-from model.feature_cache import FeatureCache
 from model.hashing import sha256_file
 from model.images import decode_image, resize_image, resize_mask
-from model.labels import DEFAULT_SIGMA
-from model.train import TrainConfig, seed_everything, train
+from model.training_task import run_training_task, training_cache
+from storage.errors import BlobIntegrityError, NotFoundError
 from storage.masks import decode_mask
-from storage.repository import LabelledImage, Repository
+from storage.repository import Repository
+from storage.review_queue import LabelledImage
 from storage.schema import RunStatus, VersionStatus, utcnow
+from webapp.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +45,68 @@ class Cancelled(Exception):
     """A user cancelled the run (its row says so); raised between epochs."""
 
 
-@dataclass(frozen=True)
-class RetrainConfig:
-    """Knobs of the active-learning loop (from the app settings)."""
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class RetrainConfig(TrainingSettings):
+    """The training knobs (inherited from the settings' [training] table) and those of the
+    active-learning loop itself."""
 
-    min_new_corrections: int = 20
-    max_minutes: float = 10.0
-    epochs: int = 30
-    promotion_margin: float = 0.01
+    min_new_corrections: int = Field(default=20, ge=1)
+    promotion_margin: float = Field(default=0.01, ge=0)
     from_scratch: bool = False
-    encoder: str = "effnet_lite0"
-    seed: int = 0
+    encoder: str = DEFAULT_ENCODER  # for a fresh start when no model is active yet
     threads: int | None = None
 
 
-def to_samples(repo: Repository, labelled: list[LabelledImage], size: int) -> list[LoadedSample]:
-    """Training samples at the model's input size from stored images and corrections."""
-    items = []
+@dataclass(frozen=True)
+class Skipped:
+    """A labelled image left out of a run because its stored bytes are missing or damaged."""
+
+    image_id: int
+    error: str
+
+
+def _load(repo: Repository, li: LabelledImage, size: int) -> LoadedSample:
+    rgb = decode_image(repo.blobs.get(li.image.sha256), name=f"image {li.image.id}")
+    mask = (
+        decode_mask(repo.blobs.get(li.correction.mask_sha256))
+        if li.correction.mask_sha256
+        else np.zeros(rgb.shape[:2], bool)
+    )
+    kind = "defect" if mask.any() else GOOD
+    sample = Sample(Path(f"image-{li.image.id}"), None, kind)
+    return LoadedSample(sample, li.image.sha256, resize_image(rgb, size), resize_mask(mask, size))
+
+
+def to_samples(
+    repo: Repository, labelled: list[LabelledImage], size: int
+) -> tuple[list[LoadedSample], list[Skipped]]:
+    """Training samples at the model's input size from stored images and corrections, and
+    the images skipped because a blob is missing or no longer matches its hash (one damaged
+    file must not cost the whole run)."""
+    items: list[LoadedSample] = []
+    skipped: list[Skipped] = []
     for li in labelled:
-        rgb = decode_image(repo.blobs.get(li.image.sha256), name=f"image {li.image.id}")
-        mask = (
-            decode_mask(repo.blobs.get(li.correction.mask_sha256))
-            if li.correction.mask_sha256
-            else np.zeros(rgb.shape[:2], bool)
-        )
-        kind = "defect" if mask.any() else GOOD
-        sample = Sample(Path(f"image-{li.image.id}"), None, kind)
-        items.append(
-            LoadedSample(sample, li.image.sha256, resize_image(rgb, size), resize_mask(mask, size))
-        )
-    return items
+        try:
+            items.append(_load(repo, li, size))
+        except (BlobIntegrityError, NotFoundError) as exc:
+            skipped.append(Skipped(li.image.id, f"{exc.__class__.__name__}: {exc}"))
+    return items, skipped
+
+
+def _start(
+    active_path: str | None, config: RetrainConfig, sam_checkpoint: Path | None
+) -> ModelBundle | FrozenEncoder:
+    """The active model to fine-tune, or (from scratch / no model yet) the encoder for fresh
+    heads: the active model's encoder and input size when there is one."""
+    if active_path is not None and not config.from_scratch:
+        return load_bundle(active_path, sam_checkpoint=sam_checkpoint)
+    encoder_id, size, stride = config.encoder, None, None
+    if active_path is not None:
+        meta, _ = read_checkpoint(active_path)
+        encoder_id, size, stride = meta.encoder_id, meta.input_size, meta.embedding_stride
+    return build_encoder(
+        encoder_id, input_size=size, embedding_stride=stride, sam_checkpoint=sam_checkpoint
+    )
 
 
 def _score(report: dict[str, Any]) -> float:
@@ -89,51 +127,44 @@ def run_retraining(
     Failures are recorded on the run row, never raised: the served model is untouched.
     """
     started = time.monotonic()
-    repo.update_training_run(run_id, status=RunStatus.running, started_at=utcnow())
+    repo.runs.update_training_run(run_id, status=RunStatus.running, started_at=utcnow())
     log_lines: list[str] = []
 
     def note(line: str) -> None:
         log_lines.append(line)
-        repo.update_training_run(run_id, log_tail="\n".join(log_lines[-40:]))
+        repo.runs.update_training_run(run_id, log_tail="\n".join(log_lines[-40:]))
 
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
-        run = repo.get_training_run(run_id)
-        watermark = repo.max_correction_id()
-        train_set = repo.labelled_since(0, holdout=False)
-        holdout = repo.holdout_set()
+        run = repo.runs.get_training_run(run_id)
+        watermark = repo.reviews.max_correction_id()
+        train_set = repo.reviews.labelled_since(0, holdout=False)
+        holdout = repo.reviews.holdout_set()
         if not train_set:
             raise ValueError("no labelled images outside the holdout to train on")
-        active = repo.active_version()
-        seed_everything(config.seed)
-        if active is not None and not config.from_scratch:
-            bundle = load_bundle(active.checkpoint_path, sam_checkpoint=sam_checkpoint)
-        else:
-            # From scratch: fresh heads on the active model's encoder and input size.
-            encoder_id, size, stride = config.encoder, None, None
-            if active is not None:
-                meta, _ = read_checkpoint(active.checkpoint_path)
-                encoder_id, size, stride = meta.encoder_id, meta.input_size, meta.embedding_stride
-            encoder = build_encoder(
-                encoder_id, input_size=size, embedding_stride=stride, sam_checkpoint=sam_checkpoint
-            )
-            bundle = new_bundle(encoder, label_sigma=DEFAULT_SIGMA * encoder.input_size / 256)
-        size = bundle.encoder.input_size
-        cache = FeatureCache(cache_dir / bundle.meta.encoder_id)
-        train_items = to_samples(repo, train_set, size)
-        holdout_items = to_samples(repo, holdout, size)
+        active = repo.registry.active_version()
+        start = _start(active.checkpoint_path if active else None, config, sam_checkpoint)
+        encoder = start.encoder if isinstance(start, ModelBundle) else start
+        train_items, skipped = to_samples(repo, train_set, encoder.input_size)
+        holdout_items, skipped_holdout = to_samples(repo, holdout, encoder.input_size)
+        skipped += skipped_holdout
+        for item in skipped:
+            note(f"skipped image {item.image_id}: {item.error}")
+        if not train_items:
+            raise ValueError("every labelled image outside the holdout was skipped")
         note(
             f"run {run.id}: {len(train_items)} training images, {len(holdout_items)} holdout, "
             f"starting from {'version ' + str(active.id) if active else 'scratch'}"
         )
         history: list[dict[str, float]] = []
+        skipped_metrics = {"skipped": [asdict(item) for item in skipped]}
 
         def on_epoch(record: dict[str, float]) -> None:
-            if repo.get_training_run(run_id).status is RunStatus.cancelled:
+            if repo.runs.get_training_run(run_id).status is RunStatus.cancelled:
                 raise Cancelled  # cancellation travels through the database
             history.append(record)
-            repo.update_training_run(run_id, metrics={"history": history})
+            repo.runs.update_training_run(run_id, metrics={"history": history} | skipped_metrics)
             note(f"epoch {int(record['epoch'])}: loss {record['loss']:.4f}")
 
         # Train under a hidden name; the checkpoint appears under its real name only when the
@@ -141,20 +172,25 @@ def run_retraining(
         models_dir.mkdir(parents=True, exist_ok=True)
         work = models_dir / f".run-{run_id}.training.pt"
         out = models_dir / f"run-{run_id}.pt"
-        # Validation inside training uses a slice of the training set, never the holdout.
-        val = train_items[: max(1, len(train_items) // 5)] if len(train_items) > 4 else []
-        fit = train_items[len(val) :] if val else train_items
-        train(
-            bundle,
-            fit,
-            val,
-            TrainConfig(epochs=config.epochs, max_minutes=config.max_minutes, seed=config.seed),
+        train_config = config.train_config()
+        # Shared with the holdout evaluation below, so the holdout is encoded once.
+        cache = training_cache(
+            cache_dir / encoder.encoder_id, train_config, len(train_items) + len(holdout_items)
+        )
+        # Validation inside training is a split of the training set, never the holdout.
+        run_training_task(
+            train_items,
+            train_config,
+            start=start,
             out=work,
+            val_fraction=config.val_fraction,
             cache=cache,
-            progress=False,
+            device="cpu",
             on_epoch=on_epoch,
+            progress=False,
         )
         work.replace(out)
+        bundle = load_bundle(out, encoder=encoder)  # the candidate is the file registered
         candidate_report = (
             evaluate(bundle, holdout_items, cache=cache, ablation=False) if holdout_items else None
         )
@@ -168,8 +204,8 @@ def run_retraining(
             "history": history,
             "candidate_holdout": candidate_report,
             "active_holdout": active_report,
-        }
-        version = repo.register_model_version(
+        } | skipped_metrics
+        version = repo.registry.register_model_version(
             checkpoint_path=str(out),
             checkpoint_sha256=sha256_file(out),
             encoder_id=bundle.meta.encoder_id,
@@ -181,11 +217,11 @@ def run_retraining(
             candidate_report, active_report, active is not None, config.promotion_margin
         )
         if promote:
-            repo.activate(version)
+            repo.registry.activate(version)
         else:
-            repo.set_version_status(version, VersionStatus.rejected)
+            repo.registry.set_version_status(version, VersionStatus.rejected)
         note(why)
-        repo.update_training_run(
+        repo.runs.update_training_run(
             run_id,
             status=RunStatus.succeeded,
             finished_at=utcnow(),
@@ -198,12 +234,12 @@ def run_retraining(
         return version
     except Cancelled:
         note("cancelled by a user; no model version was registered")
-        repo.update_training_run(run_id, finished_at=utcnow())
+        repo.runs.update_training_run(run_id, finished_at=utcnow())
         return None
     except Exception as exc:  # recorded on the run; the served model is not touched
         log.exception("training run %s failed", run_id)
         note(traceback.format_exc(limit=3))
-        repo.update_training_run(
+        repo.runs.update_training_run(
             run_id,
             status=RunStatus.failed,
             finished_at=utcnow(),

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -35,9 +35,9 @@ def scheduled_check() -> None:
 
 
 def training_process_main(
-    settings_data: dict[str, Any], run_id: int, config: dict[str, Any]
+    settings_data: dict[str, Any], run_id: int, config: RetrainConfig
 ) -> None:
-    """Entry point of the spawned training process."""
+    """Entry point of the spawned training process (`config` travels pickled, as it is)."""
     from storage.blobs import BlobStore
     from storage.engine import make_engine
     from storage.repository import Repository
@@ -54,7 +54,7 @@ def training_process_main(
         run_id,
         models_dir=settings.data_dir / "models",
         cache_dir=settings.feature_cache_dir,
-        config=RetrainConfig(**config),
+        config=config,
         sam_checkpoint=settings.sam_checkpoint,
     )
 
@@ -74,7 +74,9 @@ class RetrainScheduler:
     def start(self) -> RetrainScheduler:
         global _current
         _current = self
-        interrupted = self.services.repo.fail_interrupted_runs("interrupted: the worker stopped")
+        interrupted = self.services.repo.runs.fail_interrupted_runs(
+            "interrupted: the worker stopped"
+        )
         for run_id in interrupted:
             log.warning("training run %s was interrupted; marked failed", run_id)
         store = SQLAlchemyJobStore(engine=self.services.repo.engine)
@@ -111,31 +113,31 @@ class RetrainScheduler:
             if self.busy:
                 return None
             repo = self.services.repo
-            waiting = repo.active_training_run()
+            waiting = repo.runs.active_training_run()
             if waiting is not None:
                 # Queued (by this or another process): start it. Running: another worker has it.
                 return self._launch(waiting.id) if waiting.status is RunStatus.queued else None
-            new = repo.count_corrections_since(repo.last_successful_watermark())
+            new = repo.reviews.count_corrections_since(repo.runs.last_successful_watermark())
             if new < self.config.min_new_corrections:
                 return None
-            run_id, created = repo.enqueue_training_run(trigger=trigger)
+            run_id, created = repo.runs.enqueue_training_run(trigger=trigger)
             return self._launch(run_id) if created else None
 
     def request(self, trigger: str) -> int:
         """Train now (on demand): the id of the started run, or of the one already busy."""
         with self._lock:
             self._reap()
-            run_id, _ = self.services.repo.enqueue_training_run(trigger=trigger)
-            run = self.services.repo.get_training_run(run_id)
+            run_id, _ = self.services.repo.runs.enqueue_training_run(trigger=trigger)
+            run = self.services.repo.runs.get_training_run(run_id)
             if run.status is RunStatus.queued and not self.busy:
                 self._launch(run_id)
             return run_id
 
     def _launch(self, run_id: int) -> int:
         """Spawn the training process for a queued run (caller holds the lock)."""
-        config = asdict(self.config)
-        if config["threads"] is None:  # leave the web process a core
-            config["threads"] = max(1, (os.cpu_count() or 2) - 1)
+        config = self.config
+        if config.threads is None:  # leave the web process a core
+            config = replace(config, threads=max(1, (os.cpu_count() or 2) - 1))
         ctx = multiprocessing.get_context("spawn")
         self._process = ctx.Process(
             target=training_process_main,
@@ -153,9 +155,9 @@ class RetrainScheduler:
         then start a run that was queued meanwhile."""
         process.join()
         repo = self.services.repo
-        run = repo.get_training_run(run_id)
+        run = repo.runs.get_training_run(run_id)
         if run.status in (RunStatus.queued, RunStatus.running):
-            repo.update_training_run(
+            repo.runs.update_training_run(
                 run_id,
                 status=RunStatus.failed,
                 error=f"training process exited with code {process.exitcode}",
@@ -163,7 +165,7 @@ class RetrainScheduler:
         with self._lock:
             if self._process is process:
                 self._process = None
-            waiting = repo.active_training_run()
+            waiting = repo.runs.active_training_run()
             queued = waiting is not None and waiting.status is RunStatus.queued
             if queued and not self.busy and not self._stopped:
                 self._launch(waiting.id)

@@ -1,7 +1,8 @@
-"""Application services: what the REST API and the UI both call.
+"""Application services: the one door the REST API and the UI both go through.
 
-They compose storage (rows and blobs) with the served model; neither `model` nor
-`storage` knows about the other, only this layer does.
+They compose storage (rows and blobs) with the served model and check permissions; the API
+and the UI are thin adapters that translate requests into these calls and render the
+answers. Neither `model` nor `storage` knows about the other, only this layer does.
 """
 
 from __future__ import annotations
@@ -9,33 +10,58 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image as PILImage
 
+from model.checkpoint import read_checkpoint
+from model.errors import CheckpointError
 from model.images import decode_image
 from model.predict import Click, Prediction
 from model.visualize import colorize_heatmap
 from storage.accounts import Accounts
-from storage.errors import InvalidMaskError, NotFoundError
+from storage.errors import NotFoundError, StorageError
+from storage.image_store import IngestResult
 from storage.masks import decode_heatmap, decode_mask
-from storage.repository import IngestResult, Repository
-from storage.schema import Correction, CorrectionAction, Role, User
+from storage.repository import Repository
+from storage.review_queue import ImageState
+from storage.schema import (
+    Correction,
+    CorrectionAction,
+    ModelVersion,
+    Promotion,
+    TrainingRun,
+    User,
+)
+from webapp.export import ExportReport, export_archive
 from webapp.ingest import decode_upload
 from webapp.model_server import ModelServer
+from webapp.permissions import Permission, PermissionDenied, allowed, require
+from webapp.prediction_queue import PredictionQueue
+from webapp.review_order import strategy
 from webapp.settings import Settings
+from webapp.views import correction_view
 
 log = logging.getLogger(__name__)
 
-CAN_CORRECT = (Role.inspector, Role.admin)
+__all__ = ["PermissionDenied", "Services", "png_bytes"]
 
 
-class PermissionDenied(Exception):
-    """The user's role does not allow the action."""
+class Trainer(Protocol):
+    """What the services need of the retraining scheduler running in this process."""
+
+    def request(self, trigger: str) -> int: ...
+
+
+class Watcher(Protocol):
+    """What the services need of this process's hot-swap watcher."""
+
+    def wake(self) -> None: ...
+
+    def problem(self) -> str | None: ...
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -44,75 +70,75 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_mask_upload(data: bytes, name: str = "mask") -> np.ndarray:
-    """A mask PNG from a client: grayscale 0/255 (or 0/1), or RGBA where alpha marks defect."""
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA"):
-                return np.asarray(img.getchannel("A")) > 0
-            return np.asarray(img.convert("L"))
-    except Exception as exc:
-        reason = exc.__class__.__name__
-        raise InvalidMaskError(f"{name}: not a readable mask image ({reason})") from exc
-
-
 @dataclass
 class Services:
-    """Everything a request handler needs."""
+    """Everything a request handler needs, behind permission checks."""
 
     settings: Settings
     repo: Repository
     accounts: Accounts
     models: ModelServer
 
-    trainer: Any = None  # the RetrainScheduler when this process runs one
+    trainer: Trainer | None = None  # the retraining scheduler when this process runs one
+    watcher: Watcher | None = None  # this process's hot-swap watcher
+    predictions: PredictionQueue = field(init=False)
 
     def __post_init__(self) -> None:
-        self._predict_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-        self._pending: set[Future[Any]] = set()
-        self._pending_lock = threading.Lock()
+        self.predictions = PredictionQueue(
+            self._predict_in_background,
+            capacity=self.settings.prediction_queue_size,
+            refill=self._unpredicted,
+        )
+
+    def _unpredicted(self, limit: int) -> list[int]:
+        """The database backlog: pending images with no prediction (none without a model)."""
+        if self.models.current is None:
+            return []
+        return self.repo.images.pending_image_ids(unpredicted_only=True, limit=limit)
+
+    # ------------------------------------------------------------------ users
+    def user(self, name: str | None) -> User | None:
+        """The signed-in user named `name` (None for no or an unknown name)."""
+        if not name:
+            return None
+        try:
+            return self.accounts.get_user(name)
+        except StorageError:
+            return None
+
+    def user_for_token(self, token: str) -> User | None:
+        return self.accounts.user_for_token(token)
+
+    def check_login(self, username: str, password: str) -> bool:
+        """Gradio's login check against the users table."""
+        return self.accounts.authenticate(username, password) is not None
 
     # ------------------------------------------------------------------ ingest
     def ingest(
-        self, data: bytes, name: str, *, source: str = "upload", predict: bool = True
+        self, data: bytes, name: str, *, user: User | None = None, source: str = "upload"
     ) -> IngestResult:
-        """Validate, store and (in the background) predict one image."""
+        """Validate, store and (in the background) predict one image.
+
+        `user` None is a trusted in-process source (the inbox folder, the demo).
+        """
+        if user is not None:
+            require(user, Permission.ingest)
         decoded = decode_upload(
             data,
             name,
             max_bytes=self.settings.max_image_bytes,
             max_pixels=self.settings.max_image_pixels,
         )
-        result = self.repo.ingest_image(
+        result = self.repo.images.ingest_image(
             data, width=decoded.width, height=decoded.height, format=decoded.format, source=source
         )
-        if predict and not result.duplicate:
-            self.schedule_prediction(result.id, decoded.rgb)
+        if not result.duplicate:
+            self.predictions.submit(result.id)
         return result
 
-    def schedule_prediction(self, image_id: int, rgb: np.ndarray | None = None) -> Future[Any]:
-        future = self._predict_pool.submit(self.predict_image, image_id, rgb)
-        with self._pending_lock:
-            self._pending.add(future)
-        future.add_done_callback(self._forget)
-        return future
-
-    def _forget(self, future: Future[Any]) -> None:
-        with self._pending_lock:
-            self._pending.discard(future)
-        if future.exception() is not None:
-            log.error("background prediction failed: %s", future.exception())
-
-    def wait_for_predictions(self, timeout: float = 120.0) -> None:
-        """Block until background predictions queued so far are done."""
-        with self._pending_lock:
-            futures = list(self._pending)
-        for f in futures:
-            f.result(timeout=timeout)
-
-    def predict_upload(self, data: bytes, name: str) -> dict[str, Any]:
+    def predict_upload(self, data: bytes, name: str, user: User) -> dict[str, Any]:
         """Validate and predict an upload without storing anything."""
+        require(user, Permission.read)
         decoded = decode_upload(
             data,
             name,
@@ -129,8 +155,22 @@ class Services:
             "defect_pixels": int(pred.mask.sum()),
         }
 
+    # ------------------------------------------------------------------ predictions
+    def _predict_in_background(self, image_id: int) -> None:
+        if self.models.current is not None:
+            self.predict_image(image_id)
+
+    def schedule_prediction(self, image_id: int) -> bool:
+        """Queue a background prediction; False when the queue is full (the image stays in
+        the database backlog and is picked up when the queue drains)."""
+        return self.predictions.submit(image_id)
+
+    def wait_for_predictions(self, timeout: float = 300.0) -> bool:
+        """Block until background predictions queued so far are done."""
+        return self.predictions.wait_idle(timeout)
+
     def image_rgb(self, image_id: int) -> np.ndarray:
-        return decode_image(self.repo.image_bytes(image_id), name=f"image {image_id}")
+        return decode_image(self.repo.images.image_bytes(image_id), name=f"image {image_id}")
 
     def predict_image(
         self,
@@ -141,11 +181,11 @@ class Services:
         store: bool = True,
     ) -> Prediction:
         """Predict an image with the served model and (by default) store the prediction."""
-        image = self.repo.get_image(image_id)
+        image = self.repo.images.get_image(image_id)
         rgb = rgb if rgb is not None else self.image_rgb(image_id)
         pred, version_id = self.models.predict(rgb, sha256=image.sha256, clicks=clicks)
         if store:
-            self.repo.add_prediction(
+            self.repo.images.add_prediction(
                 image_id,
                 mask=pred.mask,
                 heatmap=pred.heatmap,
@@ -157,10 +197,13 @@ class Services:
 
     # ------------------------------------------------------------------ reading
     def image_view(self, image_id: int) -> dict[str, Any]:
-        """Metadata, latest prediction and latest correction of an image (JSON-ready)."""
-        image = self.repo.get_image(image_id)
-        pred = self.repo.latest_prediction(image_id)
-        history = self.repo.corrections_for(image_id)
+        """Metadata, latest prediction and latest correction of an image (JSON-ready).
+
+        `state` is what a save of this image must carry as `based_on`."""
+        image = self.repo.images.get_image(image_id)
+        pred = self.repo.images.latest_prediction(image_id)
+        history = self.repo.reviews.corrections_for(image_id)
+        state = ImageState(pred.id if pred else None, history[-1].id if history else None)
         return {
             "id": image.id,
             "sha256": image.sha256,
@@ -171,6 +214,7 @@ class Services:
             "arrived_at": image.arrived_at.isoformat(),
             "status": image.status.value,
             "holdout": image.holdout,
+            "state": state.token,
             "prediction": None
             if pred is None
             else {
@@ -183,33 +227,61 @@ class Services:
             "correction": None if not history else correction_view(history[-1]),
         }
 
+    def history(self, image_id: int) -> list[Correction]:
+        """The image's corrections, oldest first."""
+        self.repo.images.get_image(image_id)
+        return self.repo.reviews.corrections_for(image_id)
+
+    def correction_mask(self, image_id: int, correction_id: int) -> np.ndarray | None:
+        """The mask stored with one earlier correction (None: that correction has none)."""
+        for c in self.repo.reviews.corrections_for(image_id):
+            if c.id == correction_id:
+                return decode_mask(self.repo.blobs.get(c.mask_sha256)) if c.mask_sha256 else None
+        raise NotFoundError(f"image {image_id} has no correction {correction_id}")
+
     def mask(self, image_id: int, source: str = "prediction") -> np.ndarray:
         """Latest predicted or corrected mask as a boolean array."""
         if source == "prediction":
-            pred = self.repo.latest_prediction(image_id)
+            pred = self.repo.images.latest_prediction(image_id)
             if pred is None:
-                self.repo.get_image(image_id)  # NotFound for unknown ids
+                self.repo.images.get_image(image_id)  # NotFound for unknown ids
                 raise NotFoundError(f"image {image_id} has no prediction yet")
             return decode_mask(self.repo.blobs.get(pred.mask_sha256))
         if source == "correction":
-            for corr in reversed(self.repo.corrections_for(image_id)):
+            for corr in reversed(self.repo.reviews.corrections_for(image_id)):
                 if corr.mask_sha256:
                     return decode_mask(self.repo.blobs.get(corr.mask_sha256))
-            self.repo.get_image(image_id)
+            self.repo.images.get_image(image_id)
             raise NotFoundError(f"image {image_id} has no corrected mask")
         raise ValueError(f"source must be 'prediction' or 'correction', got {source!r}")
 
     def heatmap(self, image_id: int) -> np.ndarray:
-        pred = self.repo.latest_prediction(image_id)
+        pred = self.repo.images.latest_prediction(image_id)
         if pred is None:
-            self.repo.get_image(image_id)
+            self.repo.images.get_image(image_id)
             raise NotFoundError(f"image {image_id} has no prediction yet")
         return decode_heatmap(self.repo.blobs.get(pred.heatmap_sha256))
 
     def heatmap_png(self, image_id: int) -> bytes:
         return png_bytes(colorize_heatmap(self.heatmap(image_id)))
 
-    # ------------------------------------------------------------------ writing
+    def counts(self) -> dict[str, int]:
+        return self.repo.images.counts()
+
+    # ------------------------------------------------------------------ review
+    def next_for_review(self, user: User, order: str) -> int | None:
+        """The next image for `user` in the named order: leased to reviewers, so two never
+        get the same one; only shown (no lease) to read-only users."""
+        require(user, Permission.read)
+        keys = strategy(order).keys
+        if allowed(user, Permission.review):
+            image = self.repo.reviews.next_for_review(
+                user.name, order=keys, lease_seconds=self.settings.lease_seconds
+            )
+        else:
+            image = self.repo.reviews.peek_for_review(order=keys)
+        return None if image is None else image.id
+
     def save_correction(
         self,
         image_id: int,
@@ -217,49 +289,128 @@ class Services:
         *,
         action: str,
         mask: np.ndarray | None,
+        based_on: ImageState | str | None,
         note: str | None = None,
     ) -> int:
-        """Store an inspector's decision; viewers are refused."""
-        if user.role not in CAN_CORRECT:
-            raise PermissionDenied(
-                f"user {user.name!r} is a {user.role.value} and cannot correct masks"
-            )
-        pred = self.repo.latest_prediction(image_id)
+        """Store a reviewer's decision on the state of the image they saw.
+
+        Accept stores the mask of the prediction in `based_on`. A save based on an older
+        state (a newer prediction or correction exists) or on an image another reviewer
+        holds is refused with `SaveConflict` (409) and stores nothing.
+        """
+        require(user, Permission.review)
+        if based_on is None:
+            raise ValueError("based_on: the image state the save is based on is required")
+        state = ImageState.parse(based_on) if isinstance(based_on, str) else based_on
         if action == CorrectionAction.accepted.value and mask is None:
-            mask = self.mask(image_id, "prediction")
-        return self.repo.save_correction(
-            image_id,
-            author=user.name,
-            action=action,
-            mask=mask,
-            prediction_id=pred.id if pred else None,
-            note=note,
+            if state.prediction_id is None:
+                raise StorageError(f"image {image_id} has no prediction to accept")
+            pred = self.repo.images.latest_prediction(image_id)
+            if pred is not None and pred.id == state.prediction_id:
+                mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
+            else:  # a newer prediction exists: let the state check refuse it
+                mask = np.zeros(self.image_shape(image_id), bool)
+        return self.repo.reviews.save_correction(
+            image_id, author=user.name, action=action, mask=mask, based_on=state, note=note
         )
 
+    def image_shape(self, image_id: int) -> tuple[int, int]:
+        image = self.repo.images.get_image(image_id)
+        return image.height, image.width
+
+    # ------------------------------------------------------------------ models
+    def model_versions(self) -> list[ModelVersion]:
+        return self.repo.registry.model_versions()
+
+    def promotions(self, limit: int = 50) -> list[Promotion]:
+        """Changes of the active model, newest first, with their re-prediction outcome."""
+        return self.repo.registry.promotions(limit)
+
+    def activate(self, version_id: int, user: User) -> bool:
+        """Promote or roll back to `version_id` (admins); True when the active version
+        changed. Only the database is written, after checking that the checkpoint is
+        there and intact; each serving process's watcher loads, smoke-tests and swaps, and
+        one of them re-predicts the review queue."""
+        require(user, Permission.manage_models)
+        version = self.repo.registry.get_version(version_id)
+        path = Path(version.checkpoint_path)
+        if not path.is_file():
+            raise CheckpointError(f"version {version_id}: checkpoint {path} is missing")
+        read_checkpoint(path, expected_sha256=version.checkpoint_sha256)
+        changed = self.repo.registry.activate(version_id, actor=user.name)
+        if self.watcher is not None:
+            self.watcher.wake()
+        return changed
+
+    def model_status(self) -> dict[str, Any]:
+        """What is served, what is active, and what is wrong (for health and the UI)."""
+        served = self.models.current
+        active = self.repo.registry.active_version()
+        meta = served.predictor.bundle.meta if served is not None else None
+        problem = self.watcher.problem() if self.watcher is not None else None
+        return {
+            "state": "model" if served is not None else "no_model",
+            "served_version": None if served is None else served.version_id,
+            "active_version": None if active is None else active.id,
+            "encoder": None if meta is None else meta.encoder_id,
+            "mask_threshold": None if meta is None else meta.mask_threshold,
+            "min_defect_area": None if meta is None else meta.min_defect_area,
+            "problem": problem,
+        }
+
+    def health(self) -> dict[str, Any]:
+        status = self.model_status()
+        return {
+            "status": "ok" if status["state"] == "model" else "no_model",
+            "state": status["state"],
+            "active_model_version": status["active_version"],
+            "served_model_version": status["served_version"],
+            "problem": status["problem"],
+            "queue_length": self.repo.images.counts()["pending"],
+            "prediction_backlog": self.predictions.backlog,
+            "prediction_unpredicted": len(
+                self.repo.images.pending_image_ids(unpredicted_only=True)
+            ),
+        }
+
+    # ------------------------------------------------------------------ training
     def request_training(self, user: User, trigger: str = "manual") -> int:
         """Ask for a training run now (admins): started here when this process runs the
         scheduler, otherwise queued for the worker's next check."""
-        if user.role is not Role.admin:
-            raise PermissionDenied(f"user {user.name!r} is not an admin")
+        require(user, Permission.train)
         if self.trainer is not None:
             return int(self.trainer.request(trigger))
-        run_id, _ = self.repo.enqueue_training_run(trigger=trigger)
+        run_id, _ = self.repo.runs.enqueue_training_run(trigger=trigger)
         return run_id
 
-    def check_login(self, username: str, password: str) -> bool:
-        """Gradio's login check against the users table."""
-        return self.accounts.authenticate(username, password) is not None
+    def cancel_training(self, user: User, run_id: int | None = None) -> tuple[TrainingRun, bool]:
+        """Cancel run `run_id` (default: the one queued or running; NotFound when none); its
+        trainer stops after the current epoch. Returns the run as it is now and whether this
+        call cancelled it (False: it had already finished)."""
+        require(user, Permission.train)
+        if run_id is None:
+            running = self.repo.runs.active_training_run()
+            if running is None:
+                raise NotFoundError("no training run is queued or running")
+            run_id = running.id
+        cancelled = self.repo.runs.cancel_training_run(run_id)
+        return self.repo.runs.get_training_run(run_id), cancelled
+
+    def training_runs(self, limit: int = 20) -> list[TrainingRun]:
+        return self.repo.runs.training_runs(limit=limit)
+
+    def training_run(self, run_id: int) -> TrainingRun:
+        return self.repo.runs.get_training_run(run_id)
+
+    # ------------------------------------------------------------------ export
+    def export(self, user: User | None, fmt: str) -> ExportReport:
+        """Write the labelled set as a zip in `fmt` (png, coco, mvtec) under the data
+        directory (one file per format, replaced by the next export) and report on it:
+        damaged items are skipped and listed, never the whole export."""
+        require(user, Permission.export)
+        folder = self.settings.data_dir / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        return export_archive(self.repo, fmt, folder / f"heatprompt-{fmt}.zip")
 
     def shutdown(self) -> None:
-        self._predict_pool.shutdown(wait=True)
-
-
-def correction_view(c: Correction) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "author": c.author,
-        "action": c.action.value,
-        "note": c.note,
-        "created_at": c.created_at.isoformat(),
-        "has_mask": c.mask_sha256 is not None,
-    }
+        self.predictions.shutdown(wait=True)

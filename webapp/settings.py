@@ -3,10 +3,15 @@ and an optional TOML file named by HEATPROMPT_CONFIG."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,11 +19,40 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+if TYPE_CHECKING:
+    from model.train import TrainConfig
+
+# Old flat keys of the training knobs → their key in the [training] table; still read.
+RENAMED = {"retrain_epochs": "epochs", "retrain_max_minutes": "max_minutes"}
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class TrainingSettings:
+    """The knobs of a retraining run's training: `[training]` in the TOML file,
+    `HEATPROMPT_TRAINING__<KNOB>` in the environment. None keeps the training default."""
+
+    epochs: int = Field(default=30, ge=1)
+    max_minutes: float = Field(default=10.0, gt=0)
+    seed: int = 0
+    val_fraction: float | None = Field(default=None, ge=0, lt=1)  # None: a fifth
+    batch_size: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1)
+
+    def train_config(self) -> TrainConfig:
+        """The one conversion into the training loop's own config."""
+        from model.train import TrainConfig  # imports torch: only training processes need it
+
+        own = (f.name for f in dataclasses.fields(TrainingSettings) if f.name != "val_fraction")
+        return TrainConfig(**{k: v for k in own if (v := getattr(self, k)) is not None})
+
 
 class Settings(BaseSettings):
     """Every knob of the application, with its embedded default."""
 
-    model_config = SettingsConfigDict(env_prefix="HEATPROMPT_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="HEATPROMPT_", extra="forbid", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Path("data")
     database_url: str | None = Field(
@@ -29,16 +63,19 @@ class Settings(BaseSettings):
     holdout_percent: int = Field(default=10, ge=0, le=50)
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    # Any request body (API upload, UI upload of files or zip archives); refused with 413.
+    max_request_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     lease_seconds: float = 600.0
+    prediction_queue_size: int = Field(default=256, ge=1)  # image ids, not pixels
     retrain_check_minutes: float = Field(default=10.0, gt=0)
     retrain_min_corrections: int = Field(default=20, ge=1)
-    retrain_max_minutes: float = Field(default=10.0, gt=0)
-    retrain_epochs: int = Field(default=30, ge=1)
     retrain_from_scratch: bool = False
     promotion_margin: float = Field(default=0.01, ge=0)
     hot_swap_seconds: float = Field(default=5.0, gt=0)
     checkpoint: Path | None = None  # served when the database has no active version yet
     sam_checkpoint: Path | None = None  # Meta's SAM weights, for sam_vit_* models
+    training: TrainingSettings = TrainingSettings()
+    token_days: int = Field(default=90, ge=0)  # API token lifetime; 0: tokens never expire
 
     @property
     def sqlite_path(self) -> Path:
@@ -71,11 +108,61 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # Old keys are renamed within each source, so the precedence of sources holds.
+        sources: list[PydanticBaseSettingsSource] = [
+            _Renamed(init_settings),
+            env_settings,
+            _RenamedEnv(settings_cls),
+        ]
         config_file = os.environ.get("HEATPROMPT_CONFIG")
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file))
+            sources.append(_Renamed(toml))
         return tuple(sources)
+
+
+def _renamed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with the old flat keys (`RENAMED`) moved into the training table."""
+    values = dict(values)
+    old = sorted(RENAMED.keys() & values.keys())
+    if not old:
+        return values
+    training = values.get("training", {})
+    if dataclasses.is_dataclass(training) and not isinstance(training, type):
+        training = dataclasses.asdict(training)
+    training = dict(training)
+    for key in old:
+        new = RENAMED[key]
+        if new in training:
+            raise ValueError(f"{key} is the old name of training.{new}: set only training.{new}")
+        training[new] = values.pop(key)
+    values["training"] = training
+    return values
+
+
+class _Renamed(PydanticBaseSettingsSource):
+    """Another source's values, old keys renamed (`_renamed`)."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the inner source whole
+
+    def __call__(self) -> dict[str, Any]:
+        return _renamed(self.inner())
+
+
+class _RenamedEnv(PydanticBaseSettingsSource):
+    """The old environment variables (HEATPROMPT_RETRAIN_EPOCHS, …), below the new ones."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        names = {key: f"HEATPROMPT_{key.upper()}" for key in RENAMED}
+        return _renamed({k: os.environ[n] for k, n in names.items() if n in os.environ})
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -104,13 +104,13 @@ def main() -> None:
         for i in range(args.corrections):
             img, mask = make_surface(rng, 256, kinds[i % len(kinds)])
             image_id = services.ingest(_png(img), f"{i}.png", predict=False).id
-            services.repo.save_correction(
+            services.repo.reviews.save_correction(
                 image_id,
                 author="bench",
                 action="corrected" if mask.any() else "defect_free",
                 mask=mask if mask.any() else None,
             )
-        run_id, _ = services.repo.enqueue_training_run(trigger="bench")
+        run_id, _ = services.repo.runs.enqueue_training_run(trigger="bench")
         t = time.perf_counter()
         run_retraining(
             services.repo,
@@ -120,7 +120,7 @@ def main() -> None:
             config=RetrainConfig(epochs=args.epochs, max_minutes=60),
         )
         retrain_s = time.perf_counter() - t
-        run = services.repo.get_training_run(run_id)
+        run = services.repo.runs.get_training_run(run_id)
         app.stop()
     before = _percentiles(latencies["before"])
     during = _percentiles(latencies["during"])

@@ -57,20 +57,20 @@ def _bench(repo: Repository, n_queue: int) -> dict[str, float]:
     leased = []
     for i in range(200):
         start = time.perf_counter()
-        image = repo.next_for_review(f"r{i}")
+        image = repo.reviews.next_for_review(f"r{i}")
         latencies.append(time.perf_counter() - start)
         assert image is not None
         leased.append(image.id)
     start = time.perf_counter()
     for image_id in leased:
-        repo.save_correction(image_id, author="bench", action="corrected", mask=mask)
+        repo.reviews.save_correction(image_id, author="bench", action="corrected", mask=mask)
     one_thread = len(leased) / (time.perf_counter() - start)
 
     def reviewer(n: int) -> int:
         for _ in range(25):
-            image = repo.next_for_review(f"t{n}")
+            image = repo.reviews.next_for_review(f"t{n}")
             assert image is not None
-            repo.save_correction(image.id, author=f"t{n}", action="corrected", mask=mask)
+            repo.reviews.save_correction(image.id, author=f"t{n}", action="corrected", mask=mask)
         return 25
 
     start = time.perf_counter()
