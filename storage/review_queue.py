@@ -167,13 +167,10 @@ class ReviewQueue:
 
     @staticmethod
     def _state(s: Session, image_id: int) -> ImageState:
-        newest_pred = s.scalar(
-            select(func.max(Prediction.id)).where(Prediction.image_id == image_id)
-        )
-        newest_corr = s.scalar(
-            select(func.max(Correction.id)).where(Correction.image_id == image_id)
-        )
-        return ImageState(newest_pred, newest_corr)
+        newest_pred = select(func.max(Prediction.id)).where(Prediction.image_id == image_id)
+        newest_corr = select(func.max(Correction.id)).where(Correction.image_id == image_id)
+        row = s.execute(select(newest_pred.scalar_subquery(), newest_corr.scalar_subquery())).one()
+        return ImageState(row[0], row[1])
 
     def save_correction(
         self,

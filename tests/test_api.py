@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.webapp_fixtures import RunningApp
+from tests.webapp_fixtures import ENGINES, HTTP_TIMEOUT, RunningApp
+
+# One client for the module: its timeout guards against a hung server, it measures nothing.
+HTTP = httpx.Client(timeout=HTTP_TIMEOUT)
 
 
 def png(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -26,19 +29,17 @@ def surface(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
 
 
 def upload(app: RunningApp, data: bytes, name: str = "x.png", role: str = "inspector"):  # type: ignore[no-untyped-def]
-    return httpx.post(
-        f"{app.url}/api/images", headers=app.auth(role), files={"file": (name, data)}, timeout=30
-    )
+    return HTTP.post(f"{app.url}/api/images", headers=app.auth(role), files={"file": (name, data)})
 
 
 def test_health_needs_no_token(running_app: RunningApp) -> None:
-    body = httpx.get(f"{running_app.url}/api/health").json()
+    body = HTTP.get(f"{running_app.url}/api/health").json()
     assert body["status"] == "ok" and body["active_model_version"] == 1
     assert isinstance(body["queue_length"], int)
 
 
 def test_openapi_lists_the_paths(running_app: RunningApp) -> None:
-    paths = httpx.get(f"{running_app.url}/api/openapi.json").json()["paths"]
+    paths = HTTP.get(f"{running_app.url}/api/openapi.json").json()["paths"]
     for path in (
         "/api/images",
         "/api/images/{image_id}/mask",
@@ -51,12 +52,13 @@ def test_openapi_lists_the_paths(running_app: RunningApp) -> None:
 
 def test_tokens_are_required(running_app: RunningApp) -> None:
     url = f"{running_app.url}/api/images/1"
-    missing = httpx.get(url)
-    wrong = httpx.get(url, headers={"Authorization": "Bearer nope"})
+    missing = HTTP.get(url)
+    wrong = HTTP.get(url, headers={"Authorization": "Bearer nope"})
     assert missing.status_code == wrong.status_code == 401
     assert "token" in missing.json()["error"]
 
 
+@pytest.mark.parametrize("running_app", ENGINES, indirect=True)
 def test_upload_predict_and_read_back(running_app: RunningApp) -> None:
     data = png(surface(1))
     first = upload(running_app, data, "scratch.png")
@@ -65,16 +67,16 @@ def test_upload_predict_and_read_back(running_app: RunningApp) -> None:
     again = upload(running_app, data, "same.png").json()
     assert again == {**body, "duplicate": True} and body["duplicate"] is False
     running_app.app.services.wait_for_predictions()
-    view = httpx.get(
+    view = HTTP.get(
         f"{running_app.url}/api/images/{body['id']}", headers=running_app.auth("viewer")
     ).json()
     assert (view["width"], view["height"], view["format"]) == (128, 96, "PNG")
     pred = view["prediction"]
     assert pred["model_version"] == 1 and 0 <= pred["uncertainty"] <= 1
-    mask = httpx.get(
+    mask = HTTP.get(
         f"{running_app.url}/api/images/{body['id']}/mask", headers=running_app.auth("viewer")
     )
-    heat = httpx.get(
+    heat = HTTP.get(
         f"{running_app.url}/api/images/{body['id']}/heatmap", headers=running_app.auth("viewer")
     )
     assert mask.headers["content-type"] == heat.headers["content-type"] == "image/png"
@@ -133,11 +135,11 @@ def test_corrections_validate_and_roles_apply(running_app: RunningApp) -> None:
 
     def post(role: str, m: bytes | None, action: str = "corrected"):  # type: ignore[no-untyped-def]
         files = {"mask": ("m.png", m)} if m is not None else None
-        state = httpx.get(
+        state = HTTP.get(
             f"{running_app.url}/api/images/{image_id}", headers=running_app.auth("viewer")
         ).json()["state"]
         data = {"action": action, "based_on": state}
-        return httpx.post(url, headers=running_app.auth(role), data=data, files=files)
+        return HTTP.post(url, headers=running_app.auth(role), data=data, files=files)
 
     assert post("viewer", png(mask)).status_code == 403
     wrong_size = post("inspector", png(np.zeros((10, 10), np.uint8)))
@@ -147,7 +149,7 @@ def test_corrections_validate_and_roles_apply(running_app: RunningApp) -> None:
     ambiguous[:10, :, :3] = 255
     assert "ambiguous" in post("inspector", png(ambiguous)).json()["error"]
     assert post("inspector", png(mask), action="maybe").status_code == 422
-    missing = httpx.post(
+    missing = HTTP.post(
         f"{running_app.url}/api/images/99999/corrections",
         headers=running_app.auth("inspector"),
         data={"action": "skipped", "based_on": "p0-c0"},
@@ -155,12 +157,12 @@ def test_corrections_validate_and_roles_apply(running_app: RunningApp) -> None:
     assert missing.status_code == 404
     ok = post("inspector", png(mask))
     assert ok.status_code == 201
-    back = httpx.get(
+    back = HTTP.get(
         f"{running_app.url}/api/images/{image_id}/mask?source=correction",
         headers=running_app.auth("viewer"),
     )
     assert (np.asarray(Image.open(io.BytesIO(back.content))) == mask).all()
-    view = httpx.get(
+    view = HTTP.get(
         f"{running_app.url}/api/images/{image_id}", headers=running_app.auth("viewer")
     ).json()
     assert view["correction"]["id"] == ok.json()["id"]
@@ -172,7 +174,7 @@ def test_queue_leases_and_empties(running_app: RunningApp) -> None:
     upload(running_app, png(surface(4)))
     seen = set()
     while True:
-        r = httpx.get(
+        r = HTTP.get(
             f"{running_app.url}/api/queue/next?order=arrival", headers=running_app.auth("admin")
         )
         if r.status_code == 204:
@@ -185,20 +187,20 @@ def test_queue_leases_and_empties(running_app: RunningApp) -> None:
 
 
 def test_model_endpoints(running_app: RunningApp) -> None:
-    models = httpx.get(f"{running_app.url}/api/models", headers=running_app.auth("viewer"))
+    models = HTTP.get(f"{running_app.url}/api/models", headers=running_app.auth("viewer"))
     assert models.json()[0]["status"] == "active"
-    forbidden = httpx.post(
+    forbidden = HTTP.post(
         f"{running_app.url}/api/models/1/activate", headers=running_app.auth("inspector")
     )
     assert forbidden.status_code == 403
-    ok = httpx.post(f"{running_app.url}/api/models/1/activate", headers=running_app.auth("admin"))
+    ok = HTTP.post(f"{running_app.url}/api/models/1/activate", headers=running_app.auth("admin"))
     assert ok.status_code == 200 and ok.json() == {"id": 1, "status": "active", "changed": False}
-    missing = httpx.post(
+    missing = HTTP.post(
         f"{running_app.url}/api/models/99/activate", headers=running_app.auth("admin")
     )
     assert missing.status_code == 404 and "99" in missing.json()["error"]
     assert (
-        httpx.get(
+        HTTP.get(
             f"{running_app.url}/api/training-runs/7", headers=running_app.auth("viewer")
         ).status_code
         == 404
@@ -207,17 +209,16 @@ def test_model_endpoints(running_app: RunningApp) -> None:
 
 def test_training_runs_can_be_queued_and_cancelled(running_app: RunningApp) -> None:
     url = f"{running_app.url}/api/training-runs"
-    assert httpx.post(url, headers=running_app.auth("inspector")).status_code == 403
-    started = httpx.post(url, headers=running_app.auth("admin"))
+    assert HTTP.post(url, headers=running_app.auth("inspector")).status_code == 403
+    started = HTTP.post(url, headers=running_app.auth("admin"))
     assert started.status_code == 202
     run_id = started.json()["id"]
     assert (
-        httpx.get(f"{url}/{run_id}", headers=running_app.auth("viewer")).json()["status"]
-        == "queued"
+        HTTP.get(f"{url}/{run_id}", headers=running_app.auth("viewer")).json()["status"] == "queued"
     )  # no scheduler in this process: the worker would start it
-    cancel = httpx.post(f"{url}/{run_id}/cancel", headers=running_app.auth("admin")).json()
+    cancel = HTTP.post(f"{url}/{run_id}/cancel", headers=running_app.auth("admin")).json()
     assert cancel == {"id": run_id, "cancelled": True, "status": "cancelled"}
-    again = httpx.post(f"{url}/{run_id}/cancel", headers=running_app.auth("admin")).json()
+    again = HTTP.post(f"{url}/{run_id}/cancel", headers=running_app.auth("admin")).json()
     assert again["cancelled"] is False
-    missing = httpx.post(f"{url}/999/cancel", headers=running_app.auth("admin"))
+    missing = HTTP.post(f"{url}/999/cancel", headers=running_app.auth("admin"))
     assert missing.status_code == 404

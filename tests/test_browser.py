@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 
 from storage.masks import decode_mask
+from tests.waiting import wait_for
 from tests.webapp_fixtures import PASSWORD, RunningApp
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -63,16 +63,6 @@ def _png_mask(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = WAIT_MS / 1000) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @dataclass
 class Review:
     """The app with a served model calibrated to mark part of each test image, and a
@@ -103,7 +93,7 @@ class Review:
         return decode_mask(self.services.repo.blobs.get(correction.mask_sha256))
 
     def wait_new_correction(self, image_id: int, before: set[int]) -> Any:
-        new = _wait(
+        new = wait_for(
             lambda: [c for c in self.stored(image_id) if c.id not in before],
             f"a new correction of image {image_id}",
         )
@@ -343,7 +333,7 @@ def test_the_history_lists_earlier_corrections_and_shows_an_earlier_mask(
         (ids[0], "inspector", "corrected"),
         (ids[1], "admin", "defect_free"),
     ):
-        _wait(
+        wait_for(
             lambda words=(str(cid), author, action): all(w in table.inner_text() for w in words),
             f"correction {cid} by {author} in the history",
         )

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from storage.accounts import Accounts
 from storage.engine import make_engine, sqlite_url
 from storage.migrate import upgrade
+from tests.webapp_fixtures import PASSWORD, RunningApp
 from webapp.login_throttle import (
     LoginThrottle,
     LoginThrottleMiddleware,
@@ -208,3 +209,17 @@ def test_a_success_resets_the_user_name_over_http(server: Server) -> None:
     for _ in range(4):
         assert server.login("ops", "wrong password", address="127.0.0.6").status_code == 400
     assert server.login("ops", "right password", address="127.0.0.7").status_code == 200
+
+
+def test_the_served_app_locks_out_a_name_after_five_failed_sign_ins(
+    running_app: RunningApp,
+) -> None:
+    """The application as `serve` builds it has the throttle in front of Gradio's login."""
+
+    def sign_in(password: str) -> int:
+        form = {"username": (None, "viewer"), "password": (None, password)}
+        with running_app.client() as c:
+            return c.post("/login", files=form).status_code
+
+    assert [sign_in("wrong-password") for _ in range(5)] == [400] * 5
+    assert sign_in(PASSWORD) == 429  # locked out: even the right password is not checked

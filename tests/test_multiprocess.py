@@ -29,6 +29,7 @@ from storage.engine import make_engine
 from storage.migrate import upgrade
 from storage.repository import Repository
 from tests.storage_fixtures import POSTGRES_URL, postgres_available
+from tests.waiting import wait_for
 from tests.webapp_fixtures import free_port
 
 pytestmark = pytest.mark.skipif(
@@ -125,16 +126,6 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
         admin.dispose()
 
 
-def _wait(predicate, timeout: float = 120.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError(f"{what} did not hold within {timeout} s")
-
-
 def _png(value: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((96, 128, 3), value, np.uint8)).save(buf, format="PNG")
@@ -158,7 +149,7 @@ def test_two_web_processes_and_a_worker_share_one_database(cluster: dict) -> Non
         views = [httpx.get(f"{webs[1]}/api/images/{i}", headers=headers).json() for i in ids]
         return all(v["prediction"] and v["prediction"]["model_version"] == version for v in views)
 
-    _wait(lambda: predicted_by(1), what="first predictions")
+    wait_for(lambda: predicted_by(1), "first predictions")
 
     # Promote a new version through web 1's API: both web processes swap to it, and the
     # pending queue is re-predicted exactly once, by whichever process claimed the job.
@@ -174,8 +165,8 @@ def test_two_web_processes_and_a_worker_share_one_database(cluster: dict) -> Non
         health = [httpx.get(f"{w}/api/health").json() for w in webs]
         return [h["served_model_version"] for h in health] == [v2, v2]
 
-    _wait(both_serve_v2, what="both processes serving v2")
-    promotion = _wait(
+    wait_for(both_serve_v2, "both processes serving v2")
+    promotion = wait_for(
         lambda: next(
             (
                 p
@@ -184,7 +175,7 @@ def test_two_web_processes_and_a_worker_share_one_database(cluster: dict) -> Non
             ),
             None,
         ),
-        what="the promotion's re-prediction",
+        "the promotion's re-prediction",
     )
     assert promotion["outcome"] == "done" and promotion["repredicted"] == len(ids)
     with cluster["engine"].connect() as conn:

@@ -4,7 +4,6 @@ every serving process loads and swaps, and the queue is re-predicted once per pr
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from PIL import Image
 from model.checkpoint import new_bundle, save_checkpoint
 from model.encoders import build_encoder
 from model.hashing import sha256_file
+from tests.waiting import wait_for
 from tests.webapp_fixtures import serve_app
 from webapp.app import Application, create_app
 from webapp.settings import Settings
@@ -36,16 +36,6 @@ def _png(value: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _wait(predicate, timeout: float = 120.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not hold within {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +85,12 @@ def test_rollback_through_the_api_repredicts_every_pending_image(
         assert latest_versions(client) == {1}
         # The watcher ticks once a minute here: only the activation's wake-up can be fast.
         assert client.post(f"/api/models/{v2}/activate").json()["changed"] is True
-        promoted = _wait(lambda: finished(client, v2), what="promotion to v2 re-predicted")
+        promoted = wait_for(lambda: finished(client, v2), "promotion to v2 re-predicted")
         assert promoted["repredicted"] == len(ids) and latest_versions(client) == {v2}
 
         # Roll back: the same path, and every pending image shows version 1's masks again.
         assert client.post("/api/models/1/activate").json()["changed"] is True
-        rolled = _wait(lambda: finished(client, 1), what="rollback re-predicted")
+        rolled = wait_for(lambda: finished(client, 1), "rollback re-predicted")
         assert rolled["repredicted"] == len(ids) and rolled["outcome"] == "done"
         assert latest_versions(client) == {1}
         assert client.get("/api/health").json()["served_model_version"] == 1

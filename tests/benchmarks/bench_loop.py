@@ -103,7 +103,10 @@ def main() -> None:
         kinds = [*DEFECT_TYPES, None]
         for i in range(args.corrections):
             img, mask = make_surface(rng, 256, kinds[i % len(kinds)])
-            image_id = services.ingest(_png(img), f"{i}.png", predict=False).id
+            # Straight into storage: the labels, not background predictions, are measured here.
+            image_id = services.repo.images.ingest_image(
+                _png(img), width=256, height=256, format="PNG"
+            ).id
             services.repo.reviews.save_correction(
                 image_id,
                 author="bench",

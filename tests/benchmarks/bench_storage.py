@@ -25,10 +25,13 @@ from storage.blobs import BlobStore
 from storage.engine import make_engine, sqlite_url
 from storage.migrate import upgrade
 from storage.repository import Repository
+from storage.review_queue import QueueKey
 from storage.schema import Image
 from tests.storage_fixtures import POSTGRES_URL, postgres_available
 
 W, H = 256, 256
+
+ORDER = (QueueKey.uncertainty_desc, QueueKey.arrival)  # most uncertain first
 
 
 def _fill(engine: Engine, n: int) -> None:
@@ -57,18 +60,18 @@ def _bench(repo: Repository, n_queue: int) -> dict[str, float]:
     leased = []
     for i in range(200):
         start = time.perf_counter()
-        image = repo.reviews.next_for_review(f"r{i}")
+        image = repo.reviews.next_for_review(f"r{i}", order=ORDER)
         latencies.append(time.perf_counter() - start)
         assert image is not None
-        leased.append(image.id)
+        leased.append((image.id, f"r{i}"))
     start = time.perf_counter()
-    for image_id in leased:
-        repo.reviews.save_correction(image_id, author="bench", action="corrected", mask=mask)
+    for image_id, reviewer_name in leased:  # each by the reviewer who holds its lease
+        repo.reviews.save_correction(image_id, author=reviewer_name, action="corrected", mask=mask)
     one_thread = len(leased) / (time.perf_counter() - start)
 
     def reviewer(n: int) -> int:
         for _ in range(25):
-            image = repo.reviews.next_for_review(f"t{n}")
+            image = repo.reviews.next_for_review(f"t{n}", order=ORDER)
             assert image is not None
             repo.reviews.save_correction(image.id, author=f"t{n}", action="corrected", mask=mask)
         return 25
