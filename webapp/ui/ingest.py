@@ -3,18 +3,43 @@ per-file result (stored, duplicate, or refused with the reason)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from storage.errors import StorageError
+from storage.schema import User
 from webapp.ingest import IngestError, iter_zip_images
 from webapp.permissions import PermissionDenied
 from webapp.services import Services
 from webapp.ui.common import signed_in
 
 FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zip"]
+ARCHIVE_LIMIT_IMAGES = 20  # an archive may unpack to at most this many maximum-size images
+
+
+def _files(path: Path, per_image: int) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of an uploaded file, or of each image in an uploaded zip archive."""
+    if path.suffix.lower() != ".zip":
+        yield path.name, path.read_bytes()
+        return
+    yield from iter_zip_images(
+        path.read_bytes(),
+        path.name,
+        max_total_bytes=per_image * ARCHIVE_LIMIT_IMAGES,
+        max_member_bytes=per_image,
+    )
+
+
+def _ingest_one(services: Services, user: User, name: str, data: bytes) -> list[Any]:
+    """One table row: the file, what happened to it, and its image id."""
+    try:
+        result = services.ingest(data, name, user=user, source="ui")
+    except (IngestError, StorageError) as exc:
+        return [name, f"refused: {exc}", None]
+    return [name, "duplicate (already stored)" if result.duplicate else "stored", result.id]
 
 
 def build_ingest(services: Services) -> None:
@@ -27,33 +52,18 @@ def build_ingest(services: Services) -> None:
         user = signed_in(services, request)
         if user is None:
             return rows, "⚠ sign in to add images"
-        items: list[tuple[str, bytes]] = []
-        for path in paths:
+        per_image = services.settings.max_image_bytes
+        for done, path in enumerate(paths):
             p = Path(path)
-            if p.suffix.lower() == ".zip":
-                try:
-                    per_image = services.settings.max_image_bytes
-                    items += list(
-                        iter_zip_images(
-                            p.read_bytes(),
-                            p.name,
-                            max_total_bytes=per_image * 20,
-                            max_member_bytes=per_image,
-                        )
-                    )
-                except IngestError as exc:
-                    rows.append([p.name, f"refused: {exc}", None])
-            else:
-                items.append((p.name, p.read_bytes()))
-        for name, data in progress.tqdm(items, desc="ingesting"):
+            progress(done / len(paths), desc=f"ingesting {p.name}")
+            # One image in memory at a time: archive members are unpacked as they are stored.
             try:
-                result = services.ingest(data, name, user=user, source="ui")
-                status = "duplicate (already stored)" if result.duplicate else "stored"
-                rows.append([name, status, result.id])
+                for name, data in _files(p, per_image):
+                    rows.append(_ingest_one(services, user, name, data))
             except PermissionDenied as exc:
                 return rows, f"⚠ {exc}"
-            except (IngestError, StorageError) as exc:
-                rows.append([name, f"refused: {exc}", None])
+            except IngestError as exc:  # the archive itself (its members stored so far stay)
+                rows.append([p.name, f"refused: {exc}", None])
         stored = sum(1 for r in rows if r[1] == "stored")
         dup = sum(1 for r in rows if r[1].startswith("duplicate"))
         return rows, f"{stored} stored, {dup} duplicates, {len(rows) - stored - dup} refused."
