@@ -14,6 +14,7 @@ from storage.blobs import BlobStore
 from storage.errors import NotFoundError, StorageError
 from storage.masks import encode_heatmap, encode_mask, validate_mask
 from storage.schema import (
+    AnomalyPrediction,
     Correction,
     Image,
     ModelVersion,
@@ -176,6 +177,7 @@ class ImageStore:
             refs |= set(s.scalars(select(Prediction.mask_sha256)))
             refs |= set(s.scalars(select(Prediction.heatmap_sha256)))
             refs |= {m for m in s.scalars(select(Correction.mask_sha256)) if m}
+            refs |= set(s.scalars(select(AnomalyPrediction.heatmap_sha256)))
             return refs
 
     def collect_garbage(self, *, min_age_s: float = 3600.0) -> int:

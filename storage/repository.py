@@ -1,5 +1,6 @@
 """One database and one blob store, by aggregate: images and predictions, the review
-queue, the model registry and the training-run queue, sharing one sessionmaker.
+queue, the model registry, the training-run queue and zero-label anomaly detection,
+sharing one sessionmaker.
 
 Every write runs in one transaction. Blobs are written before the rows that refer to
 them, so a crash in between leaves an unreferenced blob (reclaimed by
@@ -11,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from storage.anomaly_store import AnomalyStore
 from storage.blobs import BlobStore
 from storage.engine import make_sessionmaker
 from storage.image_store import ImageStore
@@ -30,6 +32,7 @@ class Repository:
         self.reviews = ReviewQueue(self._sessions, blobs, self.images)
         self.registry = ModelRegistry(self._sessions)
         self.runs = TrainingRunQueue(self._sessions)
+        self.anomalies = AnomalyStore(self._sessions, blobs)
 
     def session(self) -> Session:
         return self._sessions()

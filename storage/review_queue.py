@@ -30,12 +30,16 @@ class QueueKey(str, enum.Enum):
     """Sort keys the review queue can be ordered by (composed by a review strategy)."""
 
     uncertainty_desc = "uncertainty_desc"
+    anomaly_desc = "anomaly_desc"
     arrival = "arrival"
+    random = "random"
 
 
 _QUEUE_ORDER = {
     QueueKey.uncertainty_desc: (Image.uncertainty.desc().nulls_last(),),
+    QueueKey.anomaly_desc: (Image.anomaly_score.desc().nulls_last(),),
     QueueKey.arrival: (Image.arrived_at, Image.id),
+    QueueKey.random: (func.random(),),  # SQLite and PostgreSQL both have random()
 }
 
 

@@ -99,6 +99,8 @@ class Image(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     # Denormalised from the newest prediction, for the review queue's ordering.
     uncertainty: Mapped[float | None] = mapped_column(Float, index=True)
+    # Denormalised from the newest anomaly prediction (cold start: most anomalous first).
+    anomaly_score: Mapped[float | None] = mapped_column(Float, index=True)
 
 
 class User(Base):
@@ -212,3 +214,31 @@ class Promotion(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     repredicted: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str | None] = mapped_column(String(200))
+
+
+class NormalityModel(Base):
+    """A zero-label normality model built from known-good images (no training run): the
+    newest row is the one served."""
+
+    __tablename__ = "normality_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    encoder_id: Mapped[str] = mapped_column(String(50))
+    good_images: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AnomalyPrediction(Base):
+    """A normality model's output for an image: an anomaly heatmap and an image score."""
+
+    __tablename__ = "anomaly_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    normality_model_id: Mapped[int] = mapped_column(ForeignKey("normality_models.id"))
+    heatmap_sha256: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

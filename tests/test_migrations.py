@@ -16,6 +16,8 @@ TABLES = {
     "model_versions",
     "training_runs",
     "promotions",
+    "normality_models",
+    "anomaly_predictions",
 }
 
 

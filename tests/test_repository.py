@@ -84,8 +84,8 @@ def test_arrival_order_leases_and_expiry(repo: Repository) -> None:
     assert repo.reviews.next_for_review("carol", order=ARRIVAL) is None
     _expire_lease(repo, ids[0])  # alice abandons her image; its lease runs out
     assert repo.reviews.next_for_review("carol", order=ARRIVAL).id == ids[0]  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="random"):
-        repo.reviews.next_for_review("x", order=("random",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sideways"):
+        repo.reviews.next_for_review("x", order=("sideways",))  # type: ignore[arg-type]
     peeked = repo.reviews.peek_for_review(order=ARRIVAL)  # shown, leased or not, never leased
     assert peeked is not None and peeked.id == ids[0]
     assert repo.images.get_image(ids[0]).lease_owner == "carol"

@@ -148,8 +148,8 @@ def test_queue_orders_are_the_registered_strategies(running_app: RunningApp) -> 
         bad = c.get("/api/queue/next?order=random")
     assert by_uncertainty["id"] == most_uncertain.id
     prediction = repo.images.latest_prediction(most_uncertain.id)
-    assert STRATEGIES["uncertainty"].score(prediction) == prediction.uncertainty
-    assert STRATEGIES["arrival"].score(prediction) is None
+    assert STRATEGIES["uncertainty"].score(most_uncertain, prediction) == prediction.uncertainty
+    assert STRATEGIES["arrival"].score(most_uncertain, prediction) is None
     with app.client("second") as c:  # another reviewer: the admin's lease is skipped
         expected = (
             oldest.id

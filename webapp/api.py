@@ -87,12 +87,20 @@ def build_router(services: Services) -> APIRouter:
         return services.health()
 
     @router.post("/images", status_code=201)
-    def upload_image(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
+    def upload_image(
+        user: Authed, file: UploadFile = File(...), label: str | None = Form(None)
+    ) -> dict[str, Any]:
+        """Store an image; `label=good` declares it defect-free (a label, for reviewers)."""
         data = read_upload(file, limit)
         result = services.ingest(
-            data, file.filename or "upload", user=user, source=f"api:{user.name}"
+            data, file.filename or "upload", user=user, source=f"api:{user.name}", label=label
         )
-        return {"id": result.id, "sha256": result.sha256, "duplicate": result.duplicate}
+        return {
+            "id": result.id,
+            "sha256": result.sha256,
+            "duplicate": result.duplicate,
+            "labelled": result.labelled,
+        }
 
     @router.post("/predict")
     def predict(user: Authed, file: UploadFile = File(...)) -> dict[str, Any]:
@@ -113,8 +121,13 @@ def build_router(services: Services) -> APIRouter:
         return Response(png_bytes(mask.astype("uint8") * 255), media_type="image/png")
 
     @router.get("/images/{image_id}/heatmap", response_class=Response)
-    def get_heatmap(image_id: int, user: Authed) -> Response:
-        return Response(services.heatmap_png(image_id), media_type="image/png")
+    def get_heatmap(
+        image_id: int,
+        user: Authed,
+        source: str = Query("model", pattern="^(model|anomaly)$"),
+    ) -> Response:
+        """The supervised model's heatmap, or (`source=anomaly`) the zero-label one."""
+        return Response(services.heatmap_png(image_id, source), media_type="image/png")
 
     @router.post("/images/{image_id}/corrections", status_code=201)
     def post_correction(

@@ -16,6 +16,7 @@ from storage.blobs import BlobStore
 from storage.engine import make_engine
 from storage.migrate import upgrade
 from storage.repository import Repository
+from webapp.anomaly_service import AnomalyService
 from webapp.api import build_router, install_error_handlers
 from webapp.hot_swap import HotSwapWatcher
 from webapp.login_throttle import LoginThrottle, LoginThrottleMiddleware, in_worker_thread
@@ -37,6 +38,7 @@ class Application:
     services: Services
     hot_swap: HotSwapWatcher | None = None
     scheduler: RetrainScheduler | None = None
+    anomaly: AnomalyService | None = None  # started: this process serves anomaly maps
 
     def stop(self) -> None:
         """Stop background workers and finish queued predictions."""
@@ -44,6 +46,8 @@ class Application:
             self.scheduler.stop()
         if self.hot_swap is not None:
             self.hot_swap.stop()
+        if self.anomaly is not None:
+            self.anomaly.stop()
         self.services.shutdown()
 
 
@@ -90,14 +94,23 @@ def register_first_model(repo: Repository, checkpoint: Path) -> int:
 
 
 def create_app(
-    settings: Settings, *, ui: bool = True, scheduler: bool = False, watch: bool = True
+    settings: Settings,
+    *,
+    ui: bool = True,
+    scheduler: bool = False,
+    watch: bool = True,
+    refit_anomalies: bool | None = None,
 ) -> Application:
     """The FastAPI application (API + optional Gradio UI) over fresh services.
 
     `watch` starts the hot-swap watcher (every serving process has one); `scheduler` also
     runs the retraining scheduler in this process (one process per deployment should).
+    The normality model is served wherever `watch` or the refits run; `refit_anomalies`
+    (default: with the scheduler) makes this the process that refits it.
     """
     services = build_services(settings)
+    refits = scheduler if refit_anomalies is None else refit_anomalies
+    services.anomaly = AnomalyService(services.repo, settings, refits=refits)
     watcher = HotSwapWatcher(services, interval=settings.hot_swap_seconds)
     services.watcher = watcher
     watcher.check(repredict=False)  # serve the active model (or a fallback) from the start
@@ -109,6 +122,8 @@ def create_app(
     services.trainer = app.scheduler
     if watch:
         app.hot_swap = watcher.start()
+    if watch or refits:  # loads and fits in its own thread: start-up never waits for it
+        app.anomaly = services.anomaly.start()
     api = FastAPI(
         title="HeatPrompt", openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None
     )

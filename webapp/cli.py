@@ -169,6 +169,16 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_retrain)
 
 
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="store every image file of a folder (recursively)")
+    p.add_argument("dir", type=Path, help="folder of images")
+    p.add_argument(
+        "--good", action="store_true", help="the images are known good: label them defect-free"
+    )
+    p.add_argument("--data-dir", type=Path)
+    p.set_defaults(func=cmd_ingest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `heatprompt`."""
     parser = argparse.ArgumentParser(
@@ -187,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_user,
         _add_backup,
         _add_worker,
+        _add_ingest,
     ):
         add(sub)
     return parser
@@ -501,6 +512,48 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if version is None:
         raise ValueError(f"training run {run_id} failed: {run.error}")
     print(f"run {run_id}: model version {version}; {run.metrics.get('decision')}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """One line per image file, then a summary; a bad file is reported and skipped."""
+    from model.images import IMAGE_EXTENSIONS
+    from storage.errors import StorageError
+    from webapp.app import build_services
+    from webapp.cold_start import GOOD
+    from webapp.ingest import IngestError
+    from webapp.settings import load_settings
+
+    if not args.dir.is_dir():
+        raise ValueError(f"{args.dir}: no such folder")
+    paths = sorted(
+        p for p in args.dir.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    services = build_services(load_settings(data_dir=args.data_dir))
+    limit = services.settings.max_image_bytes
+    stored = duplicates = refused = labelled = 0
+    try:
+        for path in paths:
+            shown = path.relative_to(args.dir)
+            try:
+                if path.stat().st_size > limit:
+                    raise IngestError(f"{path.name}: larger than the limit of {limit} bytes")
+                result = services.ingest(
+                    path.read_bytes(), path.name, source="cli", label=GOOD if args.good else None
+                )
+            except (IngestError, StorageError, OSError) as exc:
+                refused += 1
+                print(f"{shown}: refused: {exc}")
+                continue
+            duplicates += result.duplicate
+            stored += not result.duplicate
+            labelled += result.labelled
+            what = f"duplicate of image {result.id}" if result.duplicate else f"image {result.id}"
+            print(f"{shown}: {what}{', labelled defect-free' if result.labelled else ''}")
+    finally:
+        services.shutdown()
+    summary = f"{stored} stored, {duplicates} duplicates, {refused} refused"
+    print(summary + (f"; {labelled} labelled defect-free" if args.good else ""))
     return 0
 
 

@@ -1,5 +1,7 @@
 """A watched inbox folder: line systems drop image files there; each is ingested and moved
 to `done/` (or `refused/` with a `.reason.txt` beside it), so nothing is lost or re-read.
+Files dropped in its sub-folder `good/` are known good: ingested declared defect-free (a
+label) and moved to `good/done/` (or `good/refused/`) under the same rules.
 
 * Only regular files with an image extension are read. Symlinks (and folders, pipes, ...)
   are left alone; files are opened with O_NOFOLLOW, so one swapped for a link is never
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from model.images import IMAGE_EXTENSIONS
 from storage.errors import StorageError
+from webapp.cold_start import GOOD
 from webapp.ingest import IngestError
 from webapp.services import Services
 
@@ -93,80 +96,97 @@ class InboxScanner:
         self.settle_seconds = settle_seconds
         self._seen: dict[str, Signature] = {}
 
+    @property
+    def good(self) -> Path:
+        """The sub-folder for known-good images."""
+        return self.inbox / GOOD
+
     def scan(self) -> ScanReport:
-        """One pass over the folder (OSError only when the folder itself cannot be listed)."""
+        """One pass over the folder and its `good/` sub-folder (OSError only when the inbox
+        itself cannot be listed; a missing `good/` is simply empty). Files are reported by
+        their path below the inbox (`a.png`, `good/b.png`)."""
         report = ScanReport()
         seen: dict[str, Signature] = {}
         now = time.time()
-        with os.scandir(self.inbox) as entries:
-            candidates = sorted(
-                (e for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)),
-                key=lambda e: e.name,
-            )
-        for entry in candidates:
+        for folder, label in ((self.inbox, None), (self.good, GOOD)):
             try:
-                st = entry.stat(follow_symlinks=False)
+                with os.scandir(folder) as entries:
+                    candidates = sorted(
+                        (e for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)),
+                        key=lambda e: e.name,
+                    )
             except FileNotFoundError:
+                if label is None:
+                    raise
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            seen[entry.name] = signature = _signature(st)
-            settled = now - st.st_mtime >= self.settle_seconds
-            if self._seen.get(entry.name) != signature or not settled:
-                report.waiting.append(entry.name)
-                continue
-            if not self._handle(Path(entry.path), signature, report):
-                report.waiting.append(entry.name)
+            for entry in candidates:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                name = entry.name if label is None else f"{label}/{entry.name}"
+                seen[name] = signature = _signature(st)
+                settled = now - st.st_mtime >= self.settle_seconds
+                if self._seen.get(name) != signature or not settled:
+                    report.waiting.append(name)
+                    continue
+                if not self._handle(Path(entry.path), name, signature, label, report):
+                    report.waiting.append(name)
         self._seen = seen
         return report
 
-    def _handle(self, path: Path, signature: Signature, report: ScanReport) -> bool:
+    def _handle(
+        self, path: Path, name: str, signature: Signature, label: str | None, report: ScanReport
+    ) -> bool:
         """Ingest, refuse or leave one settled file; False when it turned out unsettled."""
         try:
             data = _read_settled(path, signature, max_bytes=self.services.settings.max_image_bytes)
         except _Unsettled:
             return False
         except IngestError as exc:
-            self._refuse(path, str(exc), report)
+            self._refuse(path, name, str(exc), report)
             return True
         except OSError as exc:
             if exc.errno in _LEFT_ALONE:
                 return True
-            self._refuse(path, f"{path.name}: cannot be read ({exc.strerror or exc})", report)
+            self._refuse(path, name, f"{path.name}: cannot be read ({exc.strerror or exc})", report)
             return True
         try:
-            result = self.services.ingest(data, path.name, source="inbox")
+            result = self.services.ingest(data, path.name, source="inbox", label=label)
         except (IngestError, StorageError) as exc:
-            self._refuse(path, str(exc), report)
+            self._refuse(path, name, str(exc), report)
             return True
         except Exception as exc:  # not the file's fault (database, disk): try again later
-            log.exception("inbox: %s left for the next pass", path.name)
-            report.failed.append((path.name, f"{exc.__class__.__name__}: {exc}"))
+            log.exception("inbox: %s left for the next pass", name)
+            report.failed.append((name, f"{exc.__class__.__name__}: {exc}"))
             return True
         try:
-            _move(path, self.inbox / "done")
+            _move(path, path.parent / "done")
         except OSError as exc:  # stored; the next pass finds it a duplicate and moves it
-            report.failed.append((path.name, f"stored but not moved to done/: {exc}"))
+            report.failed.append((name, f"stored but not moved to done/: {exc}"))
             return True
         log.info(
-            "inbox: %s → image %s%s",
-            path.name,
+            "inbox: %s → image %s%s%s",
+            name,
             result.id,
             " (a duplicate)" if result.duplicate else "",
+            " labelled defect-free" if result.labelled else "",
         )
-        report.ingested.append(path.name)
+        report.ingested.append(name)
         return True
 
-    def _refuse(self, path: Path, reason: str, report: ScanReport) -> None:
+    def _refuse(self, path: Path, name: str, reason: str, report: ScanReport) -> None:
         try:
-            dest = _move(path, self.inbox / "refused")
+            dest = _move(path, path.parent / "refused")
             dest.with_name(dest.name + ".reason.txt").write_text(f"{reason}\n")
         except OSError as exc:
-            log.error("inbox: could not move refused %s aside: %s", path.name, exc)
-            report.failed.append((path.name, f"{reason}; not moved to refused/: {exc}"))
+            log.error("inbox: could not move refused %s aside: %s", name, exc)
+            report.failed.append((name, f"{reason}; not moved to refused/: {exc}"))
             return
-        log.warning("inbox: refused %s: %s", path.name, reason)
-        report.refused.append((path.name, reason))
+        log.warning("inbox: refused %s: %s", name, reason)
+        report.refused.append((name, reason))
 
 
 class InboxWatcher:
@@ -191,7 +211,7 @@ class InboxWatcher:
         self._thread = threading.Thread(target=self._run, name="inbox", daemon=True)
 
     def start(self) -> InboxWatcher:
-        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.inbox.mkdir(parents=True, exist_ok=True)  # `good/` is the line's to create
         self._thread.start()
         return self
 

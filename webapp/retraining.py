@@ -205,16 +205,16 @@ def run_retraining(
             "candidate_holdout": candidate_report,
             "active_holdout": active_report,
         } | skipped_metrics
+        promote, why = decide(
+            candidate_report, active_report, active is not None, config.promotion_margin
+        )
         version = repo.registry.register_model_version(
             checkpoint_path=str(out),
             checkpoint_sha256=sha256_file(out),
             encoder_id=bundle.meta.encoder_id,
             parent_id=active.id if active else None,
             metrics=_version_metrics(candidate_report),
-            note=None,
-        )
-        promote, why = decide(
-            candidate_report, active_report, active is not None, config.promotion_margin
+            note=why if active is None else None,  # the first model says why it is served
         )
         if promote:
             repo.registry.activate(version)

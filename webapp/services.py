@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from model.checkpoint import read_checkpoint
+from model.click_mask import refine_with_clicks
 from model.errors import CheckpointError
 from model.images import decode_image
 from model.predict import Click, Prediction
@@ -36,12 +38,21 @@ from storage.schema import (
     TrainingRun,
     User,
 )
+from webapp.anomaly_service import AnomalyService
+from webapp.cold_start import (
+    FIRST_MODEL_TRIGGER,
+    GOOD,
+    GOOD_NOTE,
+    LabelProgress,
+    label_progress,
+    parse_ingest_label,
+)
 from webapp.export import ExportReport, export_archive
 from webapp.ingest import decode_upload
 from webapp.model_server import ModelServer
 from webapp.permissions import Permission, PermissionDenied, allowed, require
 from webapp.prediction_queue import PredictionQueue
-from webapp.review_order import strategy
+from webapp.review_order import OrderContext, strategy
 from webapp.settings import Settings
 from webapp.views import correction_view
 
@@ -64,6 +75,13 @@ class Watcher(Protocol):
     def problem(self) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class Ingested(IngestResult):
+    """An ingest's outcome; `labelled`: a declared-good label was stored by this call."""
+
+    labelled: bool = False
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     PILImage.fromarray(array).save(buf, format="PNG")
@@ -81,6 +99,7 @@ class Services:
 
     trainer: Trainer | None = None  # the retraining scheduler when this process runs one
     watcher: Watcher | None = None  # this process's hot-swap watcher
+    anomaly: AnomalyService | None = None  # this process's normality model (zero-label maps)
     predictions: PredictionQueue = field(init=False)
 
     def __post_init__(self) -> None:
@@ -115,14 +134,26 @@ class Services:
 
     # ------------------------------------------------------------------ ingest
     def ingest(
-        self, data: bytes, name: str, *, user: User | None = None, source: str = "upload"
-    ) -> IngestResult:
+        self,
+        data: bytes,
+        name: str,
+        *,
+        user: User | None = None,
+        source: str = "upload",
+        label: str | None = None,
+    ) -> Ingested:
         """Validate, store and (in the background) predict one image.
 
-        `user` None is a trusted in-process source (the inbox folder, the demo).
+        `user` None is a trusted in-process source (the inbox folder, the demo). `label`
+        "good" declares the image defect-free: that is a label, so it needs the review
+        permission and is stored as a defect-free correction by the uploader (audited,
+        never queued); a duplicate gets it only when it has no label yet.
         """
+        label = parse_ingest_label(label)
         if user is not None:
             require(user, Permission.ingest)
+            if label is not None:
+                require(user, Permission.review)
         decoded = decode_upload(
             data,
             name,
@@ -134,7 +165,21 @@ class Services:
         )
         if not result.duplicate:
             self.predictions.submit(result.id)
-        return result
+        labelled = label == GOOD and self._declare_good(result.id, user.name if user else source)
+        return Ingested(result.id, result.sha256, result.duplicate, labelled)
+
+    def _declare_good(self, image_id: int, author: str) -> bool:
+        """Store the declared-good label unless the image has a label; True when stored."""
+        history = self.repo.reviews.corrections_for(image_id)
+        if any(c.action is not CorrectionAction.skipped for c in history):
+            return False
+        self.repo.reviews.save_correction(
+            image_id, author=author, action=CorrectionAction.defect_free, note=GOOD_NOTE
+        )
+        if self.anomaly is not None:  # a new known-good image: the normality model refits
+            self.anomaly.wake()
+        self._after_label()
+        return True
 
     def predict_upload(self, data: bytes, name: str, user: User) -> dict[str, Any]:
         """Validate and predict an upload without storing anything."""
@@ -157,8 +202,15 @@ class Services:
 
     # ------------------------------------------------------------------ predictions
     def _predict_in_background(self, image_id: int) -> None:
+        """Supervised prediction when a model is served, then the anomaly map when a
+        normality model is (no model of either kind: nothing to do, nothing to report)."""
         if self.models.current is not None:
             self.predict_image(image_id)
+        if self.anomaly is not None and self.anomaly.current is not None:
+            try:
+                self.anomaly.score_image(image_id)
+            except Exception as exc:  # the supervised prediction above is stored already
+                log.warning("anomaly scoring of image %s failed: %s", image_id, exc)
 
     def schedule_prediction(self, image_id: int) -> bool:
         """Queue a background prediction; False when the queue is full (the image stays in
@@ -225,6 +277,22 @@ class Services:
                 "created_at": pred.created_at.isoformat(),
             },
             "correction": None if not history else correction_view(history[-1]),
+            "anomaly": self.anomaly_view(image_id),
+        }
+
+    def anomaly_view(self, image_id: int) -> dict[str, Any] | None:
+        """The image's latest anomaly score and the normality model behind it (None: not
+        scored yet), JSON-ready."""
+        found = self.repo.anomalies.latest_anomaly(image_id)
+        if found is None:
+            return None
+        models = {m.id: m for m in self.repo.anomalies.normality_models()}
+        model = models.get(found.normality_model_id)
+        return {
+            "score": found.score,
+            "version": found.normality_model_id,
+            "good_images": None if model is None else model.good_images,
+            "created_at": found.created_at.isoformat(),
         }
 
     def history(self, image_id: int) -> list[Correction]:
@@ -255,15 +323,45 @@ class Services:
             raise NotFoundError(f"image {image_id} has no corrected mask")
         raise ValueError(f"source must be 'prediction' or 'correction', got {source!r}")
 
-    def heatmap(self, image_id: int) -> np.ndarray:
-        pred = self.repo.images.latest_prediction(image_id)
-        if pred is None:
-            self.repo.images.get_image(image_id)
-            raise NotFoundError(f"image {image_id} has no prediction yet")
-        return decode_heatmap(self.repo.blobs.get(pred.heatmap_sha256))
+    def heatmap(self, image_id: int, source: str = "model") -> np.ndarray:
+        """The latest heatmap of the supervised model (`model`) or the normality model
+        (`anomaly`, the zero-label map), values in [0, 1] at the image's size."""
+        if source == "model":
+            pred = self.repo.images.latest_prediction(image_id)
+            if pred is None:
+                self.repo.images.get_image(image_id)
+                raise NotFoundError(f"image {image_id} has no prediction yet")
+            return decode_heatmap(self.repo.blobs.get(pred.heatmap_sha256))
+        if source == "anomaly":
+            found = self.repo.anomalies.latest_anomaly(image_id)
+            if found is None:
+                self.repo.images.get_image(image_id)
+                raise NotFoundError(
+                    f"image {image_id} has no anomaly map yet (it needs a normality model, "
+                    "built once at least 2 images are marked defect-free)"
+                )
+            return decode_heatmap(self.repo.blobs.get(found.heatmap_sha256))
+        raise ValueError(f"source must be 'model' or 'anomaly', got {source!r}")
 
-    def heatmap_png(self, image_id: int) -> bytes:
-        return png_bytes(colorize_heatmap(self.heatmap(image_id)))
+    def heatmap_png(self, image_id: int, source: str = "model") -> bytes:
+        return png_bytes(colorize_heatmap(self.heatmap(image_id, source)))
+
+    def propose_mask(
+        self,
+        image_id: int,
+        clicks: Sequence[tuple[float, float, bool]],
+        *,
+        rgb: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """A mask from (x, y, positive) clicks without a trained decoder, so a click helps
+        from the first image: grown from the clicked spots, guided by the image's anomaly
+        map when it has one."""
+        rgb = rgb if rgb is not None else self.image_rgb(image_id)
+        try:
+            heat: np.ndarray | None = self.heatmap(image_id, source="anomaly")
+        except NotFoundError:
+            heat = None
+        return refine_with_clicks(rgb, clicks, heatmap=heat)
 
     def counts(self) -> dict[str, int]:
         return self.repo.images.counts()
@@ -273,7 +371,11 @@ class Services:
         """The next image for `user` in the named order: leased to reviewers, so two never
         get the same one; only shown (no lease) to read-only users."""
         require(user, Permission.read)
-        keys = strategy(order).keys
+        context = OrderContext(
+            model_served=self.models.current is not None,
+            random_share=self.settings.cold_start_random_share,
+        )
+        keys = strategy(order).keys(context)
         if allowed(user, Permission.review):
             image = self.repo.reviews.next_for_review(
                 user.name, order=keys, lease_seconds=self.settings.lease_seconds
@@ -310,9 +412,13 @@ class Services:
                 mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
             else:  # a newer prediction exists: let the state check refuse it
                 mask = np.zeros(self.image_shape(image_id), bool)
-        return self.repo.reviews.save_correction(
+        correction_id = self.repo.reviews.save_correction(
             image_id, author=user.name, action=action, mask=mask, based_on=state, note=note
         )
+        if self.anomaly is not None:  # the known-good set may have changed: refit now
+            self.anomaly.wake()
+        self._after_label()
+        return correction_id
 
     def image_shape(self, image_id: int) -> tuple[int, int]:
         image = self.repo.images.get_image(image_id)
@@ -348,14 +454,21 @@ class Services:
         active = self.repo.registry.active_version()
         meta = served.predictor.bundle.meta if served is not None else None
         problem = self.watcher.problem() if self.watcher is not None else None
+        normality = self.anomaly.served if self.anomaly is not None else None
+        state = "model" if served is not None else "no_model"
+        if served is None and normality is not None:
+            state = "anomaly_only"  # zero-label anomaly maps until the first model is served
         return {
-            "state": "model" if served is not None else "no_model",
+            "state": state,
             "served_version": None if served is None else served.version_id,
             "active_version": None if active is None else active.id,
             "encoder": None if meta is None else meta.encoder_id,
             "mask_threshold": None if meta is None else meta.mask_threshold,
             "min_defect_area": None if meta is None else meta.min_defect_area,
             "problem": problem,
+            "normality_model": None if normality is None else normality.model_id,
+            "normality_good_images": None if normality is None else normality.model.good_images,
+            "anomaly_problem": self.anomaly.problem() if self.anomaly is not None else None,
         }
 
     def health(self) -> dict[str, Any]:
@@ -366,6 +479,8 @@ class Services:
             "active_model_version": status["active_version"],
             "served_model_version": status["served_version"],
             "problem": status["problem"],
+            "normality_model": status["normality_model"],
+            "anomaly_problem": status["anomaly_problem"],
             "queue_length": self.repo.images.counts()["pending"],
             "prediction_backlog": self.predictions.backlog,
             "prediction_unpredicted": len(
@@ -378,9 +493,44 @@ class Services:
         """Ask for a training run now (admins): started here when this process runs the
         scheduler, otherwise queued for the worker's next check."""
         require(user, Permission.train)
+        return self._request_training(trigger)
+
+    def _request_training(self, trigger: str) -> int:
         if self.trainer is not None:
             return int(self.trainer.request(trigger))
         run_id, _ = self.repo.runs.enqueue_training_run(trigger=trigger)
+        return run_id
+
+    # ------------------------------------------------------------------ cold start
+    def label_progress(self) -> LabelProgress:
+        """The labelled set against the first model's threshold (K labels, M defective)."""
+        return label_progress(
+            self.repo,
+            needed=self.settings.first_model_labels,
+            min_defective=self.settings.first_model_min_defective,
+        )
+
+    def first_model_run(self) -> TrainingRun | None:
+        """The training run queued or running while no model version exists yet."""
+        if self.repo.registry.model_versions():
+            return None
+        return self.repo.runs.active_training_run()
+
+    def _after_label(self) -> int | None:
+        """While no model version exists, the save that brings the labelled set to the
+        threshold requests the first training run at once (never a second one beside a
+        queued or running run). The label is stored whatever happens here: a failure is
+        logged, and the scheduler's periodic check still starts a run later."""
+        try:
+            if self.repo.registry.model_versions() or self.repo.runs.active_training_run():
+                return None
+            if not self.label_progress().enough:
+                return None
+            run_id = self._request_training(FIRST_MODEL_TRIGGER)
+        except Exception:
+            log.exception("could not request the first model's training run")
+            return None
+        log.info("first model: training run %s requested", run_id)
         return run_id
 
     def cancel_training(self, user: User, run_id: int | None = None) -> tuple[TrainingRun, bool]:

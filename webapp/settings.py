@@ -71,7 +71,16 @@ class Settings(BaseSettings):
     retrain_min_corrections: int = Field(default=20, ge=1)
     retrain_from_scratch: bool = False
     promotion_margin: float = Field(default=0.01, ge=0)
+    # Cold start: the first model trains itself once this many labels (with at least this
+    # many defective) exist; until a model is served, a share of queue picks is random.
+    first_model_labels: int = Field(default=20, ge=1)
+    first_model_min_defective: int = Field(default=3, ge=0)
+    cold_start_random_share: float = Field(default=0.2, ge=0, le=1)
     hot_swap_seconds: float = Field(default=5.0, gt=0)
+    # Zero-label anomaly maps: the normality model is refitted from the known-good images
+    # at most this often, at this encoder input size.
+    anomaly_refit_seconds: float = Field(default=10.0, ge=0)
+    anomaly_input_size: int = Field(default=256, ge=32)
     checkpoint: Path | None = None  # served when the database has no active version yet
     sam_checkpoint: Path | None = None  # Meta's SAM weights, for sam_vit_* models
     training: TrainingSettings = TrainingSettings()

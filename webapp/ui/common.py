@@ -19,13 +19,34 @@ def signed_in(services: Services, request: gr.Request | None) -> User | None:
     return services.user(name)
 
 
+def first_model_line(services: Services) -> str:
+    """Cold start: how far the labels are from the first model, or its run's status."""
+    run = services.first_model_run()
+    if run is not None:
+        return (
+            f"**No model yet:** the first model's training run {run.id} is "
+            f"**{run.status.value}**; it is served here as soon as it finishes."
+        )
+    if services.model_versions():
+        return "**No model served yet:** the active model is being loaded."
+    p = services.label_progress()
+    return (
+        f"**No model yet:** {p.labels} of {p.needed} labels collected ({p.defective} "
+        f"defective, at least {p.min_defective} needed) — the first model trains "
+        "automatically."
+    )
+
+
 def model_line(services: Services) -> str:
     status = services.model_status()
     if status["state"] == "no_model":
+        line = first_model_line(services)
+    elif status["state"] == "anomaly_only":
         line = (
-            "**No model yet.** Review works without one: label images (Save correction, "
-            "Defect-free); the first model trains from your labels and is served here "
-            "automatically."
+            f"**No model yet: anomaly maps** from normality model "
+            f"**{status['normality_model']}** (built from {status['normality_good_images']} "
+            "images marked Defect-free, no training). Label defects too: the first model "
+            "trains from your labels and is served here automatically."
         )
     else:
         encoder = status["encoder"]
@@ -35,8 +56,12 @@ def model_line(services: Services) -> str:
             f"({note}) · mask threshold {status['mask_threshold']:.2f}, "
             f"smallest defect {status['min_defect_area']} px"
         )
+    if status["served_version"] is None and status["state"] != "no_model":
+        line = f"{first_model_line(services)}\n\n{line}"
     if status["problem"]:
         line += f"\n\n⚠ {status['problem']}"
+    if status.get("anomaly_problem"):
+        line += f"\n\n⚠ {status['anomaly_problem']}"
     return line
 
 

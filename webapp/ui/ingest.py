@@ -11,6 +11,7 @@ import gradio as gr
 
 from storage.errors import StorageError
 from storage.schema import User
+from webapp.cold_start import GOOD, GOOD_NOTE
 from webapp.ingest import IngestError, iter_zip_images
 from webapp.permissions import PermissionDenied
 from webapp.services import Services
@@ -33,19 +34,24 @@ def _files(path: Path, per_image: int) -> Iterator[tuple[str, bytes]]:
     )
 
 
-def _ingest_one(services: Services, user: User, name: str, data: bytes) -> list[Any]:
+def _ingest_one(
+    services: Services, user: User, name: str, data: bytes, label: str | None
+) -> list[Any]:
     """One table row: the file, what happened to it, and its image id."""
     try:
-        result = services.ingest(data, name, user=user, source="ui")
+        result = services.ingest(data, name, user=user, source="ui", label=label)
     except (IngestError, StorageError) as exc:
         return [name, f"refused: {exc}", None]
-    return [name, "duplicate (already stored)" if result.duplicate else "stored", result.id]
+    what = "duplicate (already stored)" if result.duplicate else "stored"
+    if result.labelled:
+        what += f" · {GOOD_NOTE}"
+    return [name, what, result.id]
 
 
 def build_ingest(services: Services) -> None:
     """Lay out the Ingest tab inside the current `gr.Tab` and wire its events."""
 
-    def ingest(paths: list[str] | None, request: gr.Request, progress=gr.Progress()):  # type: ignore[no-untyped-def]
+    def ingest(paths: list[str] | None, good: bool, request: gr.Request, progress=gr.Progress()):  # type: ignore[no-untyped-def]
         rows: list[list[Any]] = []
         if not paths:
             return rows, "Choose image files or zip archives first."
@@ -59,19 +65,26 @@ def build_ingest(services: Services) -> None:
             # One image in memory at a time: archive members are unpacked as they are stored.
             try:
                 for name, data in _files(p, per_image):
-                    rows.append(_ingest_one(services, user, name, data))
+                    rows.append(_ingest_one(services, user, name, data, GOOD if good else None))
             except PermissionDenied as exc:
                 return rows, f"⚠ {exc}"
             except IngestError as exc:  # the archive itself (its members stored so far stay)
                 rows.append([p.name, f"refused: {exc}", None])
-        stored = sum(1 for r in rows if r[1] == "stored")
+        stored = sum(1 for r in rows if r[1].startswith("stored"))
         dup = sum(1 for r in rows if r[1].startswith("duplicate"))
-        return rows, f"{stored} stored, {dup} duplicates, {len(rows) - stored - dup} refused."
+        summary = f"{stored} stored, {dup} duplicates, {len(rows) - stored - dup} refused."
+        labelled = sum(1 for r in rows if r[1].endswith(GOOD_NOTE))
+        return rows, summary + (f" {labelled} labelled defect-free." if good else "")
 
     files = gr.File(
         file_count="multiple", label="Images (PNG, JPEG, BMP, TIFF) or zip", file_types=FILE_TYPES
     )
+    good = gr.Checkbox(
+        label="These images are known good (defect-free)",
+        info="Stored as labels (needs the review permission) and kept out of the queue.",
+        elem_id="ingest-good",
+    )
     ingest_btn = gr.Button("Ingest", variant="primary")
     ingest_md = gr.Markdown()
     ingest_table = gr.Dataframe(headers=["file", "result", "image id"], interactive=False)
-    ingest_btn.click(ingest, files, [ingest_table, ingest_md], api_name="ingest")
+    ingest_btn.click(ingest, [files, good], [ingest_table, ingest_md], api_name="ingest")

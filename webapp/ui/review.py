@@ -30,8 +30,29 @@ ACTIONS = (
     ("Defect-free (D)", "btn-defect-free", CorrectionAction.defect_free),
     ("Skip (K)", "btn-skip", CorrectionAction.skipped),
 )
-# editor, mask to show, overlay, info, history, earlier, earlier mask, state, accept button
-EMPTY = (None, None, None, "Queue is empty.", [], gr.update(choices=[]), None, None, gr.update())
+# editor, mask to show, overlay, info, history, earlier, earlier mask, state, accept button,
+# anomaly map (second opinion)
+EMPTY = (
+    None,
+    None,
+    None,
+    "Queue is empty.",
+    [],
+    gr.update(choices=[]),
+    None,
+    None,
+    gr.update(),
+    gr.update(value=None, visible=False),
+)
+
+
+def anomaly_note(anomaly: dict[str, Any]) -> str:
+    """The info line's part for the zero-label anomaly score of an image."""
+    good = anomaly.get("good_images")
+    source = f"normality model {anomaly['version']}" + (
+        f", from {good} good images" if good is not None else ""
+    )
+    return f"anomaly score **{anomaly['score']:.2f}** ({source})"
 
 
 def build_review(services: Services, page: gr.Blocks) -> None:
@@ -41,12 +62,17 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         rgb = services.image_rgb(image_id)
         view = services.image_view(image_id)
         pred = view["prediction"]
+        anomaly = view["anomaly"]
+        anomaly_heat = services.heatmap(image_id, "anomaly") if anomaly is not None else None
         served = services.models.current
         if clicks and served is not None:
             refined = services.predict_image(
                 image_id, rgb, clicks=tuple(Click(x, y, p) for x, y, p in clicks), store=False
             )
             mask, heat = refined.mask, refined.heatmap
+        elif clicks:  # no model served: the clicks propose a mask, which the brush edits
+            mask = services.propose_mask(image_id, clicks, rgb=rgb)
+            heat = anomaly_heat if anomaly_heat is not None else np.zeros(mask.shape, np.float32)
         elif pred is not None:
             mask, heat = services.mask(image_id), services.heatmap(image_id)
         elif served is not None:
@@ -54,15 +80,22 @@ def build_review(services: Services, page: gr.Blocks) -> None:
             mask, heat = refined.mask, refined.heatmap
             view = services.image_view(image_id)
             pred = view["prediction"]
-        else:  # no model yet: the reviewer paints the mask from scratch
+        else:  # no model yet: the reviewer paints the mask, over the anomaly map if any
             mask = np.zeros(rgb.shape[:2], bool)
-            heat = np.zeros(rgb.shape[:2], np.float32)
+            heat = anomaly_heat if anomaly_heat is not None else np.zeros(mask.shape, np.float32)
         model = (
             "no prediction yet"
             if pred is None
             else f"model version {pred['model_version']} · defect score "
             f"**{pred['defect_score']:.3f}** · uncertainty **{pred['uncertainty']:.3f}**"
         )
+        if anomaly is not None:
+            note = anomaly_note(anomaly)
+            model = note if pred is None else f"{model} · {note}"
+        # Beside the model's overlay, the anomaly map is a second opinion.
+        second = None
+        if anomaly_heat is not None and heat is not anomaly_heat:
+            second = render_overlay(rgb, anomaly_heat, None, opacity=opacity)
         info = (
             f"**Image {image_id}** ({view['width']}×{view['height']} {view['format']}, "
             f"{view['status']}) · {model} · link: `?image={image_id}`"
@@ -80,6 +113,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
             None,
             view["state"],
             gr.update(interactive=can_accept),
+            gr.update(value=second, visible=second is not None),
         )
 
     def show(image_id: int | None, opacity: float, user: User | None) -> tuple:  # type: ignore[type-arg]
@@ -137,6 +171,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                     exc.current.token,
                     gr.update(),
                     gr.update(),
+                    gr.update(),
                     counts_line(services),
                     f"⚠ {exc}. Your mask is still in the editor: save again to replace the "
                     "newer version, or take the next image.",
@@ -146,6 +181,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                     image_id,
                     *keep,
                     state,
+                    gr.update(),
                     gr.update(),
                     gr.update(),
                     counts_line(services),
@@ -160,7 +196,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         return handler
 
     def add_click(image_id, clicks, polarity, opacity, evt: gr.SelectData, request: gr.Request):  # type: ignore[no-untyped-def]
-        if image_id is None or services.models.current is None:
+        if image_id is None:
             return (gr.update(), gr.update(), gr.update(), clicks)
         x, y = evt.index
         clicks = [*clicks, (float(x), float(y), polarity.startswith("defect"))]
@@ -225,6 +261,13 @@ def build_review(services: Services, page: gr.Blocks) -> None:
             overlay_img = gr.Image(
                 label="Heatmap overlay — click to refine", interactive=False, elem_id="overlay"
             )
+            anomaly_img = gr.Image(
+                label="Anomaly map (second opinion)",
+                interactive=False,
+                visible=False,
+                elem_id="anomaly-map",
+                height=200,
+            )
             opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Heatmap opacity")
             with gr.Row():
                 polarity = gr.Radio(
@@ -268,6 +311,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         earlier_img,
         state,
         accept_btn,
+        anomaly_img,
         clicks,
         counts_md,
         status_md,

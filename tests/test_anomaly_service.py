@@ -1,0 +1,213 @@
+"""The normality model served by the app: fitted from known-good images, no labels of
+defects, no training run; refitted as good images arrive; a damaged file never served."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.hashing import sha256_file
+from storage.schema import CorrectionAction
+from tests.storage_fixtures import ENGINES, postgres_schema
+from tests.waiting import wait_for
+from webapp.anomaly_service import AnomalyService
+from webapp.app import build_services, create_app
+from webapp.services import Services
+from webapp.settings import Settings
+
+HEIGHT, WIDTH = 96, 128
+DEFECT = (slice(36, 60), slice(52, 80))  # rows, columns of the synthetic defect
+
+
+def surface(seed: int, *, defect: bool = False) -> np.ndarray:
+    """A brushed-metal-like surface (the same pattern, fresh noise per seed); a dark blot
+    where `defect`."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    base = 140 + 30 * np.sin(x / 3.0) + 10 * np.sin(y / 11.0) + rng.normal(0, 6, (HEIGHT, WIDTH))
+    if defect:
+        base[DEFECT] = 25 + rng.normal(0, 4, base[DEFECT].shape)
+    gray = np.clip(base, 0, 255).astype(np.uint8)
+    return np.stack([gray, gray, (gray * 0.9).astype(np.uint8)], axis=-1)
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def add_good(services: Services, seed: int) -> int:
+    """Store an image and mark it defect-free (a known-good image)."""
+    image_id = services.ingest(png(surface(seed)), f"good-{seed}.png", source="test").id
+    services.repo.reviews.save_correction(
+        image_id, author="inspector", action=CorrectionAction.defect_free
+    )
+    return image_id
+
+
+def settings_for(root: Path, **extra: object) -> Settings:
+    """No supervised model; a small encoder input and no wait between refits."""
+    values: dict[str, object] = {"anomaly_input_size": 128, "anomaly_refit_seconds": 0}
+    return Settings(data_dir=root / "data", **{**values, **extra})
+
+
+@pytest.fixture(params=ENGINES)
+def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Services]:
+    """Fresh services with no supervised model, on SQLite and on PostgreSQL."""
+    with ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = stack.enter_context(postgres_schema("anomaly"))
+        built = build_services(settings_for(tmp_path, database_url=url))
+        stack.callback(built.repo.engine.dispose)
+        stack.callback(built.shutdown)
+        yield built
+
+
+def test_fits_from_good_images_serves_and_scores_the_pending_ones(services: Services) -> None:
+    anomaly = AnomalyService(services.repo, services.settings, refits=True)
+    services.anomaly = anomaly
+    pending_good = services.ingest(png(surface(50)), "pending-good.png", source="test").id
+    pending_bad = services.ingest(png(surface(51, defect=True)), "bad.png", source="test").id
+    add_good(services, 1)
+    anomaly.check()
+    assert anomaly.current is None  # one good image is not enough
+    assert anomaly.score_image(pending_bad) is None  # nothing served: a no-op
+    assert services.model_status()["state"] == "no_model"
+    goods = [add_good(services, seed) for seed in (2, 3)]
+
+    anomaly.check()
+
+    row = services.repo.anomalies.newest_normality_model()
+    assert row is not None and anomaly.current == row.id
+    assert row.good_images == 3 and row.encoder_id == "effnet_lite0"
+    path = Path(row.path)
+    assert path.parent == (services.settings.data_dir / "normality").resolve()
+    assert path.name.startswith("normality-") and sha256_file(path) == row.sha256
+    good_score = services.repo.anomalies.latest_anomaly(pending_good)
+    bad_score = services.repo.anomalies.latest_anomaly(pending_bad)
+    assert good_score is not None and bad_score is not None
+    assert good_score.normality_model_id == bad_score.normality_model_id == row.id
+    assert bad_score.score > good_score.score
+    assert services.repo.images.get_image(pending_bad).anomaly_score == bad_score.score
+    assert all(services.repo.anomalies.latest_anomaly(i) is None for i in goods)  # reviewed
+    heat = services.heatmap(pending_bad, "anomaly")
+    assert heat.shape == (HEIGHT, WIDTH)
+    outside = np.ones(heat.shape, bool)
+    outside[DEFECT] = False
+    assert heat[DEFECT].mean() > heat[outside].mean() + 0.1
+
+    status = services.health()
+    assert status["state"] == "anomaly_only" and status["normality_model"] == row.id
+    view = services.image_view(pending_bad)["anomaly"]
+    assert view["version"] == row.id and view["score"] == bad_score.score
+    assert view["good_images"] == 3
+
+    anomaly.check()  # nothing changed: no refit, nothing scored twice
+    assert len(services.repo.anomalies.normality_models()) == 1
+    assert services.repo.anomalies.latest_anomaly(pending_bad).id == bad_score.id
+
+
+def test_a_damaged_file_is_skipped_and_the_refitting_process_replaces_it(
+    tmp_path: Path,
+) -> None:
+    services = build_services(settings_for(tmp_path))
+    try:
+        for seed in (1, 2):
+            add_good(services, seed)
+        AnomalyService(services.repo, services.settings, refits=True).check()
+        row = services.repo.anomalies.newest_normality_model()
+        assert row is not None
+        Path(row.path).write_bytes(b"not a normality model")
+
+        serving = AnomalyService(services.repo, services.settings, refits=False)
+        serving.check()
+        assert serving.current is None
+        problem = serving.problem()
+        assert problem is not None
+        assert f"normality model {row.id} cannot be loaded" in problem and "sha256" in problem
+        serving.check()
+        assert serving.current is None and row.id in serving.refused  # not retried
+
+        owner = AnomalyService(services.repo, services.settings, refits=True)
+        owner.check()
+        newest = services.repo.anomalies.newest_normality_model()
+        assert newest is not None and newest.id != row.id and owner.current == newest.id
+        assert owner.problem() is None
+        serving.check()
+        assert serving.current == newest.id and serving.problem() is None
+    finally:
+        services.shutdown()
+
+
+def test_refits_wait_for_the_refit_interval(tmp_path: Path) -> None:
+    services = build_services(settings_for(tmp_path, anomaly_refit_seconds=600))
+    try:
+        for seed in (1, 2):
+            add_good(services, seed)
+        anomaly = AnomalyService(services.repo, services.settings, refits=True)
+        anomaly.check()
+        first = anomaly.current
+        assert first is not None
+        add_good(services, 3)
+        pending = services.ingest(png(surface(7)), "pending.png", source="test").id
+        wait = anomaly.check()
+        assert 0 < wait <= 600
+        assert anomaly.current == first and len(services.repo.anomalies.normality_models()) == 1
+        scored = services.repo.anomalies.latest_anomaly(pending)  # meanwhile, by the old model
+        assert scored is not None and scored.normality_model_id == first
+    finally:
+        services.shutdown()
+
+
+def test_the_app_refits_at_once_when_a_good_label_is_saved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A long tick: only the wake-up of a save can make the refit happen within the test.
+    settings = settings_for(tmp_path, hot_swap_seconds=600)
+    app = create_app(settings, ui=False, watch=False, refit_anomalies=True)
+    try:
+        services = app.services
+        assert services.anomaly is not None and app.anomaly is services.anomaly
+        services.accounts.add_user("inspector", "pw-inspector", role="inspector")
+        inspector = services.user("inspector")
+        assert inspector is not None
+
+        def mark_good(seed: int) -> None:
+            image_id = services.ingest(png(surface(seed)), f"{seed}.png", source="test").id
+            state = services.image_view(image_id)["state"]
+            services.save_correction(
+                image_id, inspector, action="defect_free", mask=None, based_on=state
+            )
+
+        with caplog.at_level(logging.WARNING):
+            mark_good(1)
+            mark_good(2)
+            first = wait_for(lambda: services.anomaly.current, "the first normality model")
+            mark_good(3)
+            second = wait_for(
+                lambda: (services.anomaly.current or 0) > first and services.anomaly.current,
+                "the refit with a third good image",
+            )
+            row = services.repo.anomalies.newest_normality_model()
+            assert row is not None and row.id == second and row.good_images == 3
+
+            # A new image is scored in the background, with no supervised model and no error.
+            new = services.ingest(png(surface(9, defect=True)), "new.png", source="test").id
+            assert services.wait_for_predictions(120)
+            scored = wait_for(
+                lambda: services.repo.anomalies.latest_anomaly(new), "the new image's score"
+            )
+            assert scored.normality_model_id == second
+        ours = [r for r in caplog.records if r.name.startswith("webapp")]
+        assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        app.stop()
