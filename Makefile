@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_storage
 	$(BIN)/python -m tests.benchmarks.bench_app
 	$(BIN)/python -m tests.benchmarks.bench_loop
+	$(BIN)/python -m tests.benchmarks.bench_normality
+	$(BIN)/python -m tests.benchmarks.bench_cold_start
 
 quality: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.quality --max-minutes 15

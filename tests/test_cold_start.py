@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
+from model.checkpoint import read_checkpoint
 from storage.review_queue import QueueKey
 from storage.schema import CorrectionAction, ReviewStatus, Role, RunStatus, User
 from storage.schema import Image as ImageRow
@@ -26,6 +27,7 @@ from webapp.cli import main
 from webapp.cold_start import GOOD_NOTE
 from webapp.inbox import InboxScanner
 from webapp.permissions import PermissionDenied
+from webapp.retraining import FRESH_HEADS_EPOCHS
 from webapp.review_order import STRATEGIES, MostAnomalous, OrderContext
 from webapp.services import Services
 from webapp.settings import Settings
@@ -255,7 +257,7 @@ def _defect_mask(size: int = 48) -> np.ndarray:
 def test_the_kth_label_trains_the_first_model_at_once(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path / "data",
-        first_model_labels=4,
+        first_model_labels=2,
         first_model_min_defective=1,
         holdout_percent=0,
         retrain_check_minutes=600,  # the periodic check never fires during the test
@@ -266,25 +268,34 @@ def test_the_kth_label_trains_the_first_model_at_once(tmp_path: Path) -> None:
     try:
         services = app.services
         inspector = _reviewer(services)
-        assert "0 of 4 labels collected (0 defective, at least 1 needed)" in model_line(services)
+        assert "0 of 2 labels collected (0 defective, at least 1 needed)" in model_line(services)
         for seed in range(3):
             assert services.ingest(_png(seed), f"g{seed}.png", source="line", label="good").labelled
-        waiting = [services.ingest(_png(s), f"p{s}.png", source="line").id for s in (7, 8, 9)]
-        assert services.repo.runs.active_training_run() is None  # 3 labels, none defective
+        waiting = [services.ingest(_png(s), f"p{s}.png", source="line").id for s in (7, 8, 9, 10)]
+        # Declared-good images are labels (and training data), not the review K counts.
+        assert services.repo.runs.active_training_run() is None
         line = model_line(services)
-        assert "**No model yet:** 3 of 4 labels collected (0 defective, at least 1 needed)" in line
+        assert (
+            "**No model yet:** 0 of 2 labels collected (0 defective, at least 1 needed, "
+            "plus 3 declared good)"
+        ) in line
         assert "trains automatically" in line and "restart" not in line
 
         state = services.repo.reviews.image_state(waiting[0]).token
         services.save_correction(
             waiting[0], inspector, action="corrected", mask=_defect_mask(), based_on=state
         )
-        run = services.repo.runs.active_training_run()  # requested by the save itself
-        assert run is not None and run.trigger == "first-model"
-        assert f"training run {run.id} is" in model_line(services)
+        assert services.repo.runs.active_training_run() is None  # 1 of 2 labels
         state = services.repo.reviews.image_state(waiting[1]).token
         services.save_correction(
             waiting[1], inspector, action="defect_free", mask=None, based_on=state
+        )
+        run = services.repo.runs.active_training_run()  # requested by the K-th save itself
+        assert run is not None and run.trigger == "first-model"
+        assert f"training run {run.id} is" in model_line(services)
+        state = services.repo.reviews.image_state(waiting[3]).token
+        services.save_correction(
+            waiting[3], inspector, action="defect_free", mask=None, based_on=state
         )
         assert [r.id for r in services.training_runs()] == [run.id]  # never a second run
 
@@ -299,6 +310,9 @@ def test_the_kth_label_trains_the_first_model_at_once(tmp_path: Path) -> None:
         (version,) = services.model_versions()
         assert version.status.value == "active" and version.id == done.model_version_id
         assert version.note == "first model: promoted without a holdout comparison"
+        # Fresh heads are bounded by the time budget, not by the fine-tuning epoch cap (1).
+        meta, _ = read_checkpoint(version.checkpoint_path)
+        assert meta.train_config["epochs"] == FRESH_HEADS_EPOCHS
         wait_for(lambda: services.models.current is not None, "the first model to be served")
         # The promotion re-predicts what still waits for review.
         wait_for(
@@ -317,14 +331,23 @@ def test_without_a_scheduler_here_the_first_run_is_queued_for_the_worker(tmp_pat
     app = create_app(settings, ui=False, watch=False)  # a web process: the worker trains
     try:
         services = app.services
-        services.ingest(_png(1), "a.png", source="line", label="good")
+        inspector = _reviewer(services)
+        ids = [services.ingest(_png(n), f"{n}.png", source="line").id for n in (1, 2, 3)]
+
+        def mark_good(image_id: int) -> None:
+            state = services.repo.reviews.image_state(image_id).token
+            services.save_correction(
+                image_id, inspector, action="defect_free", mask=None, based_on=state
+            )
+
+        mark_good(ids[0])
         assert services.first_model_run() is None
-        services.ingest(_png(2), "b.png", source="line", label="good")
+        mark_good(ids[1])
         run = services.first_model_run()
         assert run is not None and run.status is RunStatus.queued
         assert run.trigger == "first-model"
         assert f"training run {run.id} is **queued**" in model_line(services)
-        services.ingest(_png(3), "c.png", source="line", label="good")
+        mark_good(ids[2])
         assert len(services.training_runs()) == 1
     finally:
         app.stop()

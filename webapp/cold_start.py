@@ -27,12 +27,16 @@ def parse_ingest_label(label: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class LabelProgress:
-    """The labelled set against the first model's threshold."""
+    """The labelled set against the first model's threshold: K labels given in review (an
+    image declared good on the way in is a label too, and training data, but it is the
+    normality model's input, not the reviewing the first model waits for), at least M of
+    them defective."""
 
-    labels: int
+    labels: int  # given in review
     defective: int
     needed: int  # labels, K
     min_defective: int
+    declared_good: int = 0
 
     @property
     def enough(self) -> bool:
@@ -40,9 +44,16 @@ class LabelProgress:
 
 
 def label_progress(repo: Repository, *, needed: int, min_defective: int) -> LabelProgress:
-    """Count the labels (newest non-skipped correction of each image) and the defective
-    ones among them (a non-empty mask; one marked defect-free is never decoded)."""
+    """Count the labels (newest non-skipped correction of each image), those declared good
+    on ingest, and the defective ones (a non-empty mask; one marked defect-free is never
+    decoded)."""
     labelled = repo.reviews.labelled_since(0)
+    declared = sum(
+        1
+        for item in labelled
+        if item.correction.action is CorrectionAction.defect_free
+        and item.correction.note == GOOD_NOTE
+    )
     defective = sum(
         1
         for item in labelled
@@ -50,4 +61,4 @@ def label_progress(repo: Repository, *, needed: int, min_defective: int) -> Labe
         and item.correction.mask_sha256 is not None
         and decode_mask(repo.blobs.get(item.correction.mask_sha256)).any()
     )
-    return LabelProgress(len(labelled), defective, needed, min_defective)
+    return LabelProgress(len(labelled) - declared, defective, needed, min_defective, declared)

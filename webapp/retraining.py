@@ -11,6 +11,7 @@ row as it trains.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -39,6 +40,7 @@ from storage.schema import RunStatus, VersionStatus, utcnow
 from webapp.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
+FRESH_HEADS_EPOCHS = 1000  # in effect unbounded: a from-scratch run is time-bounded
 
 
 class Cancelled(Exception):
@@ -173,6 +175,12 @@ def run_retraining(
         work = models_dir / f".run-{run_id}.training.pt"
         out = models_dir / f"run-{run_id}.pt"
         train_config = config.train_config()
+        if not isinstance(start, ModelBundle):
+            # Fresh heads (the first model, or from scratch) need far more epochs than a
+            # fine-tune: the time budget and early stopping end the run, not the epoch cap.
+            train_config = dataclasses.replace(
+                train_config, epochs=max(train_config.epochs, FRESH_HEADS_EPOCHS)
+            )
         # Shared with the holdout evaluation below, so the holdout is encoded once.
         cache = training_cache(
             cache_dir / encoder.encoder_id, train_config, len(train_items) + len(holdout_items)

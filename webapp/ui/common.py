@@ -30,9 +30,10 @@ def first_model_line(services: Services) -> str:
     if services.model_versions():
         return "**No model served yet:** the active model is being loaded."
     p = services.label_progress()
+    good = f", plus {p.declared_good} declared good" if p.declared_good else ""
     return (
         f"**No model yet:** {p.labels} of {p.needed} labels collected ({p.defective} "
-        f"defective, at least {p.min_defective} needed) — the first model trains "
+        f"defective, at least {p.min_defective} needed{good}) — the first model trains "
         "automatically."
     )
 
@@ -43,10 +44,9 @@ def model_line(services: Services) -> str:
         line = first_model_line(services)
     elif status["state"] == "anomaly_only":
         line = (
-            f"**No model yet: anomaly maps** from normality model "
-            f"**{status['normality_model']}** (built from {status['normality_good_images']} "
-            "images marked Defect-free, no training). Label defects too: the first model "
-            "trains from your labels and is served here automatically."
+            f"{first_model_line(services)}\n\nMeanwhile: **anomaly maps** from normality "
+            f"model **{status['normality_model']}** (built from "
+            f"{status['normality_good_images']} images marked Defect-free, no training)."
         )
     else:
         encoder = status["encoder"]
@@ -56,8 +56,6 @@ def model_line(services: Services) -> str:
             f"({note}) · mask threshold {status['mask_threshold']:.2f}, "
             f"smallest defect {status['min_defect_area']} px"
         )
-    if status["served_version"] is None and status["state"] != "no_model":
-        line = f"{first_model_line(services)}\n\n{line}"
     if status["problem"]:
         line += f"\n\n⚠ {status['problem']}"
     if status.get("anomaly_problem"):
