@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Mapping
@@ -23,6 +21,7 @@ from typing import Any
 import torch
 
 from model.decision import MaskRule
+from model.durable import write_atomically
 from model.encoders import FrozenEncoder, build_encoder
 from model.errors import CheckpointError, HeatPromptError
 from model.hashing import sha256_bytes
@@ -94,35 +93,11 @@ def new_bundle(
     return ModelBundle(encoder, HeatPromptSAM(encoder, config=config), meta)
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Sync a folder so that a rename inside it survives a power cut (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(path: Path | str, payload: Mapping[str, Any]) -> Path:
     """`torch.save` `payload` to `path` so that after a crash or power cut the path holds
     either the old file or the complete new one: temporary file in the same folder,
     flush + fsync, atomic rename, fsync of the folder. Every checkpoint goes through here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(payload), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
+    return write_atomically(path, lambda fh: torch.save(dict(payload), fh))
 
 
 def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:

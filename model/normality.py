@@ -20,8 +20,6 @@ stranger than any good image was.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from model.coreset import k_center_greedy, random_projection
+from model.durable import write_atomically
 from model.encoders.base import FrozenEncoder
 from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
@@ -101,19 +100,7 @@ class NormalityModel:
             arrays["projection"] = self.projection
         if self.position_scale is not None:
             arrays["position"] = self.position_scale.astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
-        return path
+        return write_atomically(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> NormalityModel:
@@ -157,20 +144,6 @@ class NormalityModel:
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"{path}: normality model metadata incomplete ({exc})") from exc
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _patches(

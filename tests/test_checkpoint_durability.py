@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import model.checkpoint as checkpoint
+import model.durable as durable
 from model.checkpoint import load_bundle, new_bundle, read_checkpoint, save_checkpoint
 from model.errors import CheckpointError
 from model.hashing import sha256_file
@@ -101,8 +102,8 @@ def test_save_syncs_the_file_before_the_rename_and_the_folder_after(
         events.append("replace")
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    monkeypatch.setattr(durable.os, "replace", replace)
     path = save_checkpoint(tmp_path / "sub" / "m.pt", new_bundle(tiny_encoder, label_sigma=2.0))
     assert events == ["fsync-file", "replace", "fsync-folder"]
     assert [p.name for p in path.parent.iterdir()] == ["m.pt"]
@@ -119,7 +120,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    monkeypatch.setattr(durable.os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(saved, new_bundle(tiny_encoder, label_sigma=2.0))
     assert saved.read_bytes() == before
