@@ -34,6 +34,7 @@ from model.normality import AnomalyScorer, NormalityModel, fit_normality
 from storage.errors import StorageError
 from storage.repository import Repository
 from storage.schema import NormalityModel as NormalityRow
+from webapp.background_loop import BackgroundLoop
 from webapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,12 @@ class ServedNormality:
     scorer: AnomalyScorer
 
 
-class AnomalyService:
+class AnomalyService(BackgroundLoop):
     """Serves the newest normality model; with `refits`, keeps it fitted to the known-good
-    images and the pending images scored by it."""
+    images and the pending images scored by it (`wake()` after a known-good label is stored
+    starts the refit at once)."""
+
+    name = "anomaly"
 
     def __init__(
         self,
@@ -67,10 +71,10 @@ class AnomalyService:
         refits: bool,
         interval: float | None = None,
     ) -> None:
+        super().__init__(interval=settings.hot_swap_seconds if interval is None else interval)
         self.repo = repo
         self.settings = settings
         self.refits = refits
-        self.interval = settings.hot_swap_seconds if interval is None else interval
         self.refused: dict[int, str] = {}  # normality model id → why it cannot be served
         self._served: ServedNormality | None = None
         self._fit_problem: str | None = None
@@ -80,24 +84,6 @@ class AnomalyService:
         self._caches: dict[str, FeatureCache] = {}
         self._work = threading.Lock()  # encoder work: one fit or score at a time
         self._check = threading.Lock()  # one check at a time
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="anomaly", daemon=True)
-
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> AnomalyService:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=60)
-
-    def wake(self) -> None:
-        """Check now (a known-good label was stored: the refit starts at once)."""
-        self._wake.set()
 
     # ------------------------------------------------------------------ state
     @property
@@ -144,15 +130,8 @@ class AnomalyService:
         )
 
     # ------------------------------------------------------------------ the loop
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            timeout = self.interval
-            try:
-                timeout = min(timeout, self.check())
-            except Exception:  # the loop must outlive any single failure
-                log.exception("anomaly check failed")
-            self._wake.wait(max(0.0, timeout))
-            self._wake.clear()
+    def tick(self) -> float:
+        return self.check()
 
     def check(self) -> float:
         """Serve the newest normality model; with `refits`, refit when due and score a
@@ -285,7 +264,7 @@ class AnomalyService:
         )
         ids = [i for i in ids if i not in failed][:SCORE_BATCH]
         for image_id in ids:
-            if self._stop.is_set() or self._served is not served:
+            if self.stopping or self._served is not served:
                 return False
             try:
                 self.score_image(image_id)

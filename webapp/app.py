@@ -121,9 +121,11 @@ def create_app(
         ).start()
     services.trainer = app.scheduler
     if watch:
-        app.hot_swap = watcher.start()
+        watcher.start()
+        app.hot_swap = watcher
     if watch or refits:  # loads and fits in its own thread: start-up never waits for it
-        app.anomaly = services.anomaly.start()
+        services.anomaly.start()
+        app.anomaly = services.anomaly
     api = FastAPI(
         title="HeatPrompt", openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None
     )

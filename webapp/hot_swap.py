@@ -23,6 +23,7 @@ import uuid
 
 from model.errors import CheckpointError
 from storage.schema import ModelVersion, VersionStatus
+from webapp.background_loop import BackgroundLoop
 from webapp.services import Services
 
 log = logging.getLogger(__name__)
@@ -34,47 +35,27 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class HotSwapWatcher:
+class HotSwapWatcher(BackgroundLoop):
     """Polls the database for the active version; swaps the served model when it changes
-    and re-predicts the queue when it claims the promotion."""
+    and re-predicts the queue when it claims the promotion (`wake()` after a promotion in
+    this process checks at once)."""
+
+    name = "hot-swap"
 
     def __init__(self, services: Services, *, interval: float = 5.0) -> None:
+        super().__init__(interval=interval)
         self.services = services
-        self.interval = interval
-        self.name = process_name()
+        self.owner = process_name()  # this process, in promotion claims
         self.refused: dict[int, str] = {}  # version id → why it could not be loaded
         self.fallback: str | None = None  # why a version other than the active one is served
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._lock = threading.Lock()  # one check at a time (thread tick vs. start-up call)
-        self._thread = threading.Thread(target=self._run, name="hot-swap", daemon=True)
-
-    def start(self) -> HotSwapWatcher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def wake(self) -> None:
-        """Check now instead of at the next tick (after a promotion in this process)."""
-        self._wake.set()
 
     def problem(self) -> str | None:
         """Why the served model is not the active one, if it is not (for health and the UI)."""
         return self.fallback
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception:  # the watcher must outlive any single failure
-                log.exception("hot-swap check failed")
-            self._wake.wait(self.interval)
-            self._wake.clear()
+    def tick(self) -> None:
+        self.check()
 
     def check(self, *, repredict: bool = True) -> bool:
         """Serve the active version (or the best fallback) and, with `repredict`, do this
@@ -137,14 +118,14 @@ class HotSwapWatcher:
         """Claim this version's promotion, if it is the newest unfinished one, and re-predict
         every pending image with it; returns the number re-predicted."""
         repo = self.services.repo
-        promotion = repo.registry.claim_promotion(version_id, self.name)
+        promotion = repo.registry.claim_promotion(version_id, self.owner)
         if promotion is None:
             return 0
         ids = repo.images.pending_image_ids()
         log.info("re-predicting %d pending images with version %s", len(ids), version_id)
         done, outcome = 0, "done"
         for n, image_id in enumerate(ids):
-            if self._stop.is_set():  # leave the claim: it goes stale and is taken over
+            if self.stopping:  # leave the claim: it goes stale and is taken over
                 return done
             if n % ACTIVE_CHECK_EVERY == 0:
                 active = repo.registry.active_version()
