@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.blobs import BlobStore
 from storage.errors import NotFoundError, StorageError
 from storage.masks import encode_heatmap
+from storage.review_queue import newest_labels
 from storage.schema import (
     AnomalyPrediction,
     Correction,
@@ -39,12 +40,7 @@ class AnomalyStore:
     # ------------------------------------------------------------------ known-good images
     def known_good_images(self, *, limit: int | None = None) -> list[Image]:
         """Images whose label (newest non-skipped correction) is defect-free, oldest first."""
-        newest = (
-            select(Correction.image_id, func.max(Correction.id).label("cid"))
-            .where(Correction.action != CorrectionAction.skipped)
-            .group_by(Correction.image_id)
-            .subquery()
-        )
+        newest = newest_labels()
         query = (
             select(Image)
             .join(newest, newest.c.image_id == Image.id)

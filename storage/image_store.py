@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -128,6 +128,13 @@ class ImageStore:
             s.flush()
             return row.id
 
+    def get_prediction(self, prediction_id: int) -> Prediction:
+        with self.session() as s:
+            row = s.get(Prediction, prediction_id)
+            if row is None:
+                raise NotFoundError(f"no prediction with id {prediction_id}")
+            return row
+
     def latest_prediction(self, image_id: int) -> Prediction | None:
         with self.session() as s:
             return s.scalar(
@@ -137,16 +144,25 @@ class ImageStore:
                 .limit(1)
             )
 
+    @staticmethod
+    def _pending(unpredicted_only: bool) -> list[ColumnElement[bool]]:
+        where = [Image.status == ReviewStatus.pending]
+        if unpredicted_only:  # the prediction backlog lives in the database
+            where.append(~select(Prediction.id).where(Prediction.image_id == Image.id).exists())
+        return where
+
+    def count_pending(self, *, unpredicted_only: bool = False) -> int:
+        """How many images wait for review (with `unpredicted_only`: with no prediction)."""
+        with self.session() as s:
+            query = select(func.count()).select_from(Image).where(*self._pending(unpredicted_only))
+            return int(s.scalar(query) or 0)
+
     def pending_image_ids(
         self, *, unpredicted_only: bool = False, limit: int | None = None
     ) -> list[int]:
         """Ids of images waiting for review, newest first; `unpredicted_only` keeps those
-        with no prediction at all (the prediction backlog lives in the database)."""
-        query = select(Image.id).where(Image.status == ReviewStatus.pending)
-        if unpredicted_only:
-            query = query.where(
-                ~select(Prediction.id).where(Prediction.image_id == Image.id).exists()
-            )
+        with no prediction at all."""
+        query = select(Image.id).where(*self._pending(unpredicted_only))
         query = query.order_by(Image.arrived_at.desc(), Image.id.desc())
         if limit is not None:
             query = query.limit(limit)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Subquery
 
 from storage.blobs import BlobStore
 from storage.errors import NotFoundError, StorageError
@@ -48,6 +49,16 @@ def _ordering(keys: Sequence[QueueKey]) -> list[Any]:
         raise ValueError("a queue order needs at least one sort key")
     clauses = [c for key in keys for c in _QUEUE_ORDER[QueueKey(key)]]
     return [*clauses, Image.id]
+
+
+def newest_labels() -> Subquery:
+    """(image_id, cid): each image's label, its newest non-skipped correction."""
+    return (
+        select(Correction.image_id, func.max(Correction.id).label("cid"))
+        .where(Correction.action != CorrectionAction.skipped)
+        .group_by(Correction.image_id)
+        .subquery()
+    )
 
 
 @dataclass(frozen=True)
@@ -272,12 +283,7 @@ class ReviewQueue:
     ) -> list[LabelledImage]:
         """Newest non-skipped correction of every image that has one with id > `watermark`
         (0: every labelled image). `holdout` filters on the holdout assignment."""
-        newest = (
-            select(Correction.image_id, func.max(Correction.id).label("cid"))
-            .where(Correction.action != CorrectionAction.skipped)
-            .group_by(Correction.image_id)
-            .subquery()
-        )
+        newest = newest_labels()
         query = (
             select(Image, Correction)
             .join(newest, newest.c.image_id == Image.id)

@@ -10,18 +10,18 @@ the rest of the set is still exported.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from model.durable import write_atomically
 from storage.errors import StorageError
 from storage.masks import decode_mask
 from storage.repository import Repository
@@ -142,19 +142,13 @@ def export_archive(repo: Repository, fmt: str, dest: Path) -> ExportReport:
     """Write the export archive to `dest` (complete or not at all) and report on it."""
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    dest = Path(dest)
-    report = ExportReport(path=dest)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                _write_archive(repo, fmt, zf, report)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    report = ExportReport(path=Path(dest))
+
+    def write(fh: BinaryIO) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            _write_archive(repo, fmt, zf, report)
+
+    write_atomically(report.path, write)
     return report
 
 

@@ -407,11 +407,10 @@ class Services:
         if action == CorrectionAction.accepted.value and mask is None:
             if state.prediction_id is None:
                 raise StorageError(f"image {image_id} has no prediction to accept")
-            pred = self.repo.images.latest_prediction(image_id)
-            if pred is not None and pred.id == state.prediction_id:
-                mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
-            else:  # a newer prediction exists: let the state check refuse it
-                mask = np.zeros(self.image_shape(image_id), bool)
+            pred = self.repo.images.get_prediction(state.prediction_id)
+            if pred.image_id != image_id:
+                raise NotFoundError(f"image {image_id} has no prediction {state.prediction_id}")
+            mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
         correction_id = self.repo.reviews.save_correction(
             image_id, author=user.name, action=action, mask=mask, based_on=state, note=note
         )
@@ -419,10 +418,6 @@ class Services:
             self.anomaly.wake()
         self._after_label()
         return correction_id
-
-    def image_shape(self, image_id: int) -> tuple[int, int]:
-        image = self.repo.images.get_image(image_id)
-        return image.height, image.width
 
     # ------------------------------------------------------------------ models
     def model_versions(self) -> list[ModelVersion]:
@@ -483,9 +478,7 @@ class Services:
             "anomaly_problem": status["anomaly_problem"],
             "queue_length": self.repo.images.counts()["pending"],
             "prediction_backlog": self.predictions.backlog,
-            "prediction_unpredicted": len(
-                self.repo.images.pending_image_ids(unpredicted_only=True)
-            ),
+            "prediction_unpredicted": self.repo.images.count_pending(unpredicted_only=True),
         }
 
     # ------------------------------------------------------------------ training
