@@ -24,6 +24,7 @@ from model.decision import MaskRule
 from model.durable import write_atomically
 from model.encoders import FrozenEncoder, build_encoder
 from model.errors import CheckpointError, HeatPromptError
+from model.geometry import Geometry
 from model.hashing import sha256_bytes
 from model.heatprompt_sam import HeadsConfig, HeatPromptSAM
 from model.version import code_version
@@ -41,6 +42,9 @@ class CheckpointMeta:
     embedding_stride: int
     heads: dict[str, int | bool]
     label_sigma: float
+    # Pixel scale the tiles are cut at (1.0: native pixels); None: the whole image squashed
+    # into one tile ("fit"), which is also what checkpoints without the key were trained on.
+    pixel_scale: float | None = None
     mask_threshold: float = 0.5
     min_defect_area: int = 0
     # Flips/rotations whose predictions are averaged (the mask rule is calibrated on them).
@@ -76,11 +80,21 @@ class ModelBundle:
     def device(self) -> torch.device:
         return self.encoder.device
 
+    @property
+    def geometry(self) -> Geometry:
+        """The tile size and pixel scale this model was trained at."""
+        return Geometry(self.meta.input_size, self.meta.pixel_scale)
+
 
 def new_bundle(
-    encoder: FrozenEncoder, *, label_sigma: float, heads: HeadsConfig | None = None
+    encoder: FrozenEncoder,
+    *,
+    label_sigma: float,
+    heads: HeadsConfig | None = None,
+    scale: float | None = None,
 ) -> ModelBundle:
-    """Fresh heads for `encoder` (initialised from torch's current random state)."""
+    """Fresh heads for `encoder` at pixel `scale` (None: fit), initialised from torch's
+    current random state."""
     config = heads or HeadsConfig()
     meta = CheckpointMeta(
         encoder_id=encoder.encoder_id,
@@ -89,6 +103,7 @@ def new_bundle(
         embedding_stride=encoder.embedding_stride,
         heads=config.as_dict(),
         label_sigma=label_sigma,
+        pixel_scale=scale,
     )
     return ModelBundle(encoder, HeatPromptSAM(encoder, config=config), meta)
 

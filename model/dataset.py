@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from model.errors import DatasetError
+from model.geometry import Geometry
 from model.hashing import sha256_bytes
-from model.images import IMAGE_EXTENSIONS, decode_image, read_mask, resize_image, resize_mask
+from model.images import IMAGE_EXTENSIONS, decode_image, read_mask
 
 GOOD = "good"
 
@@ -34,12 +36,13 @@ class Sample:
 
 @dataclass
 class LoadedSample:
-    """A sample read into memory at the model's input size."""
+    """A sample read into memory in the model's space (`model.geometry`): squashed to the
+    input size for a fit model, else at the model's pixel scale (any size)."""
 
     sample: Sample
     sha256: str
-    image: np.ndarray  # uint8 (S, S, 3)
-    mask: np.ndarray  # bool (S, S)
+    image: np.ndarray  # uint8 (H, W, 3)
+    mask: np.ndarray  # bool (H, W)
 
     @property
     def defect_type(self) -> str:
@@ -141,30 +144,49 @@ def split(
     return train, val
 
 
-def load_sample(sample: Sample, size: int) -> LoadedSample:
-    """Read, validate and resize one sample (mask checked against the image's own size)."""
+def _geometry(space: Geometry | int) -> Geometry:
+    return space if isinstance(space, Geometry) else Geometry(space, None)
+
+
+def load_sample(sample: Sample, space: Geometry | int) -> LoadedSample:
+    """Read, validate and bring one sample into model space (a bare input size means fit);
+    the mask is checked against the image's own size first."""
     data = sample.image_path.read_bytes()
     image = decode_image(data, name=str(sample.image_path))
     if sample.mask_path is not None:
         mask = read_mask(sample.mask_path, shape=image.shape[:2])
     else:
         mask = np.zeros(image.shape[:2], dtype=bool)
+    geometry = _geometry(space)
     return LoadedSample(
         sample=sample,
         sha256=sha256_bytes(data),
-        image=resize_image(image, size),
-        mask=resize_mask(mask, size),
+        image=geometry.image_to_model(image),
+        mask=geometry.mask_to_model(mask),
     )
 
 
 def load_samples(
-    samples: Iterable[Sample], size: int, *, progress: bool = False
+    samples: Iterable[Sample], space: Geometry | int, *, progress: bool = False
 ) -> list[LoadedSample]:
-    """Load many samples with an optional progress bar."""
+    """Load many samples into model space with an optional progress bar."""
     items = list(samples)
     loaded = []
     with tqdm(total=len(items), desc="loading images", unit="img", disable=not progress) as bar:
         for s in items:
-            loaded.append(load_sample(s, size))
+            loaded.append(load_sample(s, space))
             bar.update(1)
     return loaded
+
+
+def image_shapes(samples: Iterable[Sample]) -> list[tuple[int, int]]:
+    """(H, W) of each sample's image from its header, without decoding the pixels (what
+    the "auto" scale is chosen from)."""
+    shapes = []
+    for s in samples:
+        try:
+            with Image.open(s.image_path) as img:
+                shapes.append((img.height, img.width))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(f"{s.image_path}: not a readable image ({exc})") from exc
+    return shapes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,11 +10,14 @@ import numpy as np
 from tqdm import tqdm
 
 from model.checkpoint import ModelBundle
-from model.dataset import LoadedSample
+from model.dataset import LoadedSample, Sample
 from model.decision import MaskRule
 from model.feature_cache import FeatureCache
-from model.inference import predict_views
+from model.hashing import sha256_bytes
+from model.images import decode_image, read_mask
 from model.metrics import review_score, segmentation_report
+from model.predict import Predictor
+from model.tiled_prediction import predict_maps
 
 
 def predict_probs(
@@ -26,14 +30,13 @@ def predict_probs(
     views: Sequence[str] | None = None,
     progress: bool = False,
 ) -> list[np.ndarray]:
-    """Mask probability maps at input size for every item, averaged over `views`
-    (default: the bundle's calibrated test-time views)."""
-    views = bundle.meta.test_time_views if views is None else views
+    """Mask probability maps in model space for every item (tiled and stitched when larger
+    than a tile), averaged over `views` (default: the bundle's calibrated test-time views)."""
     probs: list[np.ndarray] = []
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress):
         chunk = items[start : start + batch_size]
-        maps = predict_views(
+        maps = predict_maps(
             bundle,
             [it.image for it in chunk],
             shas=[it.sha256 for it in chunk],
@@ -42,7 +45,7 @@ def predict_probs(
             use_prompt=use_prompt,
             batch_size=batch_size,
         )
-        probs.extend(maps.prob)
+        probs.extend(m.prob for m in maps)
     return probs
 
 
@@ -91,4 +94,42 @@ def evaluate(
         )
         no_prompt["score"] = review_score(no_prompt)
         report["no_prompt"] = no_prompt
+    return report
+
+
+def evaluate_native(
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    *,
+    views: Sequence[str] | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Metrics at each image's own resolution: every image is predicted as the app does
+    (`Predictor`: model space, tiles, decision, back to the image's size) and compared with
+    its mask as drawn, so models of different scales (or fit) are judged on the same pixels.
+    `views` overrides the test-time views; `seconds_per_image` is the mean prediction time.
+    """
+    predictor = Predictor(bundle, cache=cache, views=views)
+    probs, targets, types = [], [], []
+    seconds = 0.0
+    for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
+        data = sample.image_path.read_bytes()
+        image = decode_image(data, name=str(sample.image_path))
+        target = (
+            read_mask(sample.mask_path, shape=image.shape[:2])
+            if sample.mask_path is not None
+            else np.zeros(image.shape[:2], bool)
+        )
+        start = time.perf_counter()
+        pred = predictor.predict(image, sha256=sha256_bytes(data))
+        seconds += time.perf_counter() - start
+        # The decision as served: the mask after the area rule, as a 0/1 "probability".
+        probs.append(pred.mask.astype(np.float32))
+        targets.append(target)
+        types.append(sample.defect_type)
+    report = segmentation_report(probs, targets, types, threshold=0.5, with_auroc=False)
+    report["score"] = review_score(report)
+    report["seconds_per_image"] = seconds / max(1, len(samples))
+    report["views"] = list(views if views is not None else bundle.meta.test_time_views)
     return report

@@ -13,6 +13,7 @@ from model.augment import apply_transform
 from model.checkpoint import ModelBundle
 from model.encoders import EncoderOutput
 from model.feature_cache import CacheKey, FeatureCache
+from model.stage_times import StageTimes, measured
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -100,26 +101,30 @@ def predict_views(
     views: Sequence[str] = ("identity",),
     use_prompt: bool = True,
     batch_size: int = 8,
+    times: StageTimes | None = None,
 ) -> MapBatch:
     """Maps for uint8 (S, S, 3) images averaged over test-time `views` (flips/rotations).
 
     Each view of an image is encoded (cached under the view's name), decoded, and mapped
     back to the image's own orientation before averaging; ("identity",) is a plain pass.
+    `times`, when given, gets the encoder and head seconds added.
     """
     if not views:
         raise ValueError("at least one view is needed")
     prob_sum: np.ndarray | None = None
     heat_sum: np.ndarray | None = None
     for view in views:
-        frozen = encode_images(
-            bundle,
-            [apply_transform(im, view) for im in images],
-            shas=shas,
-            cache=cache,
-            transforms=[view] * len(images),
-            batch_size=batch_size,
-        )
-        maps = run_heads(bundle, frozen, use_prompt=use_prompt)
+        with measured(times, "encode"):
+            frozen = encode_images(
+                bundle,
+                [apply_transform(im, view) for im in images],
+                shas=shas,
+                cache=cache,
+                transforms=[view] * len(images),
+                batch_size=batch_size,
+            )
+        with measured(times, "heads"):
+            maps = run_heads(bundle, frozen, use_prompt=use_prompt)
         # Every view is its own inverse: applying it again maps back.
         prob = np.stack([apply_transform(p, view) for p in maps.prob])
         heat = np.stack([apply_transform(h, view) for h in maps.heatmap])

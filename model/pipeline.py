@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from model.checkpoint import load_bundle
-from model.dataset import check_val_fraction, discover, load_samples
+from model.dataset import check_val_fraction, discover, image_shapes, load_samples
 from model.distributed import init_from_environment
 from model.encoders import build_encoder
+from model.geometry import AUTO, Geometry, choose_scale, parse_scale
 from model.heatprompt_sam import HeadsConfig
 from model.images import read_image
 from model.inference import resolve_device
@@ -44,19 +45,29 @@ def train_from_folders(
     batch_size: int = 4,
     lr: float = DEFAULT_LR,
     input_size: int | None = None,
+    scale: float | str | None = AUTO,
+    tiles_per_image: int = 6,
     cache_dir: Path | None = None,
     patience: int = 15,
     heads: HeadsConfig | None = None,
     loss: LossWeights | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Discover and load every dataset and train fresh heads on them (`run_training_task`)."""
+    """Discover and load every dataset and train fresh heads on them (`run_training_task`).
+
+    `scale`: the pixel scale tiles are cut at (1.0 native), None or "fit" for the squash
+    into one tile, "auto" for fit when every image is about one tile and 1.0 otherwise.
+    """
     init_from_environment()  # joins the torchrun job when launched by torchrun
     check_val_fraction(val_fraction)  # bad arguments fail before any image is read
+    chosen = parse_scale(scale)
     torch_device = training_device(device)
     samples = [s for folder in data for s in discover(folder)]
     enc = build_encoder(encoder, input_size=input_size, sam_checkpoint=sam_checkpoint)
-    items = load_samples(samples, enc.input_size, progress=progress)
+    if chosen == AUTO:
+        chosen = choose_scale(image_shapes(samples), enc.input_size)
+    assert not isinstance(chosen, str)
+    items = load_samples(samples, Geometry(enc.input_size, chosen), progress=progress)
     config = TrainConfig(
         epochs=epochs,
         max_minutes=max_minutes,
@@ -64,6 +75,7 @@ def train_from_folders(
         batch_size=batch_size,
         lr=lr,
         patience=patience,
+        tiles_per_image=tiles_per_image,
         loss=loss or LossWeights(),
     )
     return run_training_task(
@@ -71,6 +83,7 @@ def train_from_folders(
         config,
         start=enc,
         heads=heads,
+        scale=chosen,
         out=out,
         val_fraction=val_fraction,
         cache=cache_dir or Path(out).parent / ".feature-cache",

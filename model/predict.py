@@ -3,7 +3,9 @@
 `Predictor` is the stateful object the application keeps per served model version (as
 `SamPredictor` is kept apart from SAM's modules): it owns the bundle and a feature cache,
 so an image seen before is never re-encoded, and click-to-refine reuses the cached
-encoding with the heatmap prompt.
+encoding with the heatmap prompt. Images of any size are brought into the model's space
+(its pixel scale, or the squash of a fit model), tiled and stitched; the decision is taken
+on the stitched map and the outputs are returned at the image's own size.
 """
 
 from __future__ import annotations
@@ -17,15 +19,13 @@ import torch
 from model.checkpoint import ModelBundle
 from model.decision import MaskRule
 from model.feature_cache import FeatureCache
+from model.geometry import Geometry
 from model.hashing import sha256_bytes
-from model.images import resize_image, resize_to
-from model.inference import (
-    defect_score,
-    encode_images,
-    predict_views,
-    run_heads,
-    uncertainty,
-)
+from model.images import resize_to
+from model.inference import defect_score, encode_images, run_heads, uncertainty
+from model.stage_times import StageTimes
+from model.tiled_prediction import ImageMaps, predict_maps, tile_at, tile_key
+from model.tiling import TilePlan
 
 
 @dataclass
@@ -53,11 +53,24 @@ class Click:
 
 
 class Predictor:
-    """Predicts with one model bundle, caching frozen encodings by image hash."""
+    """Predicts with one model bundle, caching frozen encodings by image (or tile) hash.
 
-    def __init__(self, bundle: ModelBundle, *, cache: FeatureCache | None = None) -> None:
+    `views` overrides the model's calibrated test-time views (fewer views: faster, a
+    little less accurate); None keeps them.
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        *,
+        cache: FeatureCache | None = None,
+        views: Sequence[str] | None = None,
+    ) -> None:
         self.bundle = bundle
         self.cache = cache if cache is not None else FeatureCache(None, max_memory_bytes=256 << 20)
+        self.views = tuple(views) if views is not None else None
+        if self.views is not None and not self.views:
+            raise ValueError("at least one test-time view is needed")
 
     @property
     def threshold(self) -> float:
@@ -67,17 +80,9 @@ class Predictor:
     def rule(self) -> MaskRule:
         return self.bundle.meta.mask_rule
 
-    def _points(
-        self, clicks: Sequence[Click], shape: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not clicks:
-            return None
-        size = self.bundle.encoder.input_size
-        sx, sy = size / shape[1], size / shape[0]
-        coords = torch.tensor([[[c.x * sx, c.y * sy] for c in clicks]], dtype=torch.float32)
-        labels = torch.tensor([[1.0 if c.positive else 0.0 for c in clicks]])
-        device = self.bundle.device
-        return coords.to(device), labels.to(device)
+    @property
+    def geometry(self) -> Geometry:
+        return self.bundle.geometry
 
     def predict(
         self,
@@ -86,9 +91,12 @@ class Predictor:
         sha256: str | None = None,
         clicks: Sequence[Click] = (),
         use_prompt: bool = True,
+        times: StageTimes | None = None,
     ) -> Prediction:
         """Predict for one uint8 RGB image of any size."""
-        return self.predict_many([image], shas=[sha256], clicks=[clicks], use_prompt=use_prompt)[0]
+        return self.predict_many(
+            [image], shas=[sha256], clicks=[clicks], use_prompt=use_prompt, times=times
+        )[0]
 
     def predict_many(
         self,
@@ -97,60 +105,77 @@ class Predictor:
         shas: Sequence[str | None] | None = None,
         clicks: Sequence[Sequence[Click]] | None = None,
         use_prompt: bool = True,
+        times: StageTimes | None = None,
     ) -> list[Prediction]:
-        """Predict for several images; images with clicks run one by one."""
-        size = self.bundle.encoder.input_size
+        """Predict for several images of any sizes; their tiles share batches.
+
+        An image with clicks is predicted as the others, then the tile under its clicks is
+        decoded again with them (one upright pass, as the image is shown).
+        """
+        geometry = self.geometry
         shas = list(shas) if shas is not None else [None] * len(images)
         shas = [
             s or sha256_bytes(np.ascontiguousarray(im).tobytes())
             for s, im in zip(shas, images, strict=True)
         ]
         clicks = list(clicks) if clicks is not None else [()] * len(images)
-        resized = [resize_image(im, size) for im in images]
-        results: list[Prediction] = []
-        plain = [i for i, c in enumerate(clicks) if not c]
-        clicked = [i for i, c in enumerate(clicks) if c]
-        maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if plain:  # averaged over the model's test-time views
-            batch = predict_views(
-                self.bundle,
-                [resized[i] for i in plain],
-                shas=[shas[i] for i in plain],
-                cache=self.cache,
-                views=self.bundle.meta.test_time_views,
-                use_prompt=use_prompt,
-            )
-            for j, i in enumerate(plain):
-                maps[i] = (batch.prob[j], batch.heatmap[j])
-        if clicked:  # clicks are placed on the image as shown: one upright pass
-            frozen = encode_images(
-                self.bundle,
-                [resized[i] for i in clicked],
-                shas=[shas[i] for i in clicked],
-                cache=self.cache,
-            )
-            for j, i in enumerate(clicked):
-                one = run_heads(
-                    self.bundle,
-                    frozen.select(j),
-                    use_prompt=use_prompt,
-                    points=self._points(clicks[i], images[i].shape[:2]),
-                )
-                maps[i] = (one.prob[0], one.heatmap[0])
-        for i, image in enumerate(images):
-            prob, heat = maps[i]
-            shape = image.shape[:2]
-            prob_full = resize_to(prob, shape)
-            mask = prob_full > self.threshold
-            if not self.rule.passes_area(prob):  # area judged at input size, as in training
-                mask = np.zeros_like(mask)
-            results.append(
-                Prediction(
-                    heatmap=np.clip(resize_to(heat, shape), 0.0, 1.0),
-                    mask=mask,
-                    defect_score=defect_score(prob),
-                    uncertainty=uncertainty(prob, self.threshold),
-                    threshold=self.threshold,
-                )
-            )
-        return results
+        model_images = [geometry.image_to_model(im) for im in images]
+        maps = predict_maps(
+            self.bundle,
+            model_images,
+            shas=shas,
+            cache=self.cache,
+            views=self.views,
+            use_prompt=use_prompt,
+            times=times,
+        )
+        for i, image_clicks in enumerate(clicks):
+            if image_clicks:
+                self._refine(maps[i], model_images[i], shas[i], image_clicks, images[i].shape[:2])
+        return [self._decide(m, im.shape[:2]) for m, im in zip(maps, images, strict=True)]
+
+    def _refine(
+        self,
+        maps: ImageMaps,
+        model_image: np.ndarray,
+        sha: str,
+        clicks: Sequence[Click],
+        shape: tuple[int, int],
+    ) -> None:
+        """Decode the tile under the clicks again with them as point prompts, in place."""
+        size = self.bundle.encoder.input_size
+        mh, mw = model_image.shape[:2]
+        sx, sy = mw / shape[1], mh / shape[0]  # image pixels → model space
+        plan = TilePlan((mh, mw), size, self.geometry.overlap)
+        cx = float(np.mean([c.x for c in clicks])) * sx
+        cy = float(np.mean([c.y for c in clicks])) * sy
+        tile = tile_at(plan, cx, cy)
+        crop = plan.pad(model_image)[tile.y : tile.y + size, tile.x : tile.x + size]
+        whole = (mh, mw) == (size, size)
+        frozen = encode_images(
+            self.bundle, [crop], shas=[sha if whole else tile_key(crop)], cache=self.cache
+        )
+        coords = torch.tensor(
+            [[[c.x * sx - tile.x, c.y * sy - tile.y] for c in clicks]], dtype=torch.float32
+        )
+        labels = torch.tensor([[1.0 if c.positive else 0.0 for c in clicks]])
+        device = self.bundle.device
+        one = run_heads(self.bundle, frozen, points=(coords.to(device), labels.to(device)))
+        h, w = min(size, mh - tile.y), min(size, mw - tile.x)
+        maps.prob[tile.y : tile.y + h, tile.x : tile.x + w] = one.prob[0][:h, :w]
+        maps.heatmap[tile.y : tile.y + h, tile.x : tile.x + w] = one.heatmap[0][:h, :w]
+
+    def _decide(self, maps: ImageMaps, shape: tuple[int, int]) -> Prediction:
+        """The image-level decision on the stitched model-space map, outputs at `shape`."""
+        prob = maps.prob
+        prob_full = resize_to(prob, shape)
+        mask = prob_full > self.threshold
+        if not self.rule.passes_area(prob):  # area judged in model space, as calibrated
+            mask = np.zeros_like(mask)
+        return Prediction(
+            heatmap=np.clip(resize_to(maps.heatmap, shape), 0.0, 1.0),
+            mask=mask,
+            defect_score=defect_score(prob),
+            uncertainty=uncertainty(prob, self.threshold),
+            threshold=self.threshold,
+        )

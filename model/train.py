@@ -67,6 +67,8 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     views_per_image: int = 2  # identity + fixed random transforms: bounds encoder runs
+    # Crops per training image larger than a tile (drawn once per run, defect-biased).
+    tiles_per_image: int = 6
     # Predictions average these flips/rotations; the mask rule is calibrated on them.
     test_time_views: tuple[str, ...] = TRANSFORMS
     # Validation images (a seeded sample) the final calibration over those views uses.

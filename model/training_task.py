@@ -18,9 +18,12 @@ from model.dataset import LoadedSample, split
 from model.distributed import DistContext
 from model.encoders import FrozenEncoder
 from model.feature_cache import FeatureCache
+from model.geometry import Geometry
 from model.heatprompt_sam import HeadsConfig
 from model.inference import resolve_device
 from model.labels import DEFAULT_SIGMA
+from model.tile_sampling import training_tiles
+from model.tiling import TilePlan
 from model.train import TrainConfig, TrainResult, seed_everything, train
 
 DEFAULT_VAL_FRACTION = 0.2
@@ -38,11 +41,18 @@ def label_sigma(input_size: int) -> float:
 
 
 def fresh_bundle(
-    encoder: FrozenEncoder, *, seed: int, heads: HeadsConfig | None = None
+    encoder: FrozenEncoder,
+    *,
+    seed: int,
+    heads: HeadsConfig | None = None,
+    scale: float | None = None,
 ) -> ModelBundle:
-    """Fresh heads for `encoder`, drawn from `seed` (not from whatever ran before)."""
+    """Fresh heads for `encoder` at pixel `scale` (None: fit), drawn from `seed` (not from
+    whatever ran before)."""
     seed_everything(seed)
-    return new_bundle(encoder, label_sigma=label_sigma(encoder.input_size), heads=heads)
+    return new_bundle(
+        encoder, label_sigma=label_sigma(encoder.input_size), heads=heads, scale=scale
+    )
 
 
 def training_cache(root: Path | None, config: TrainConfig, n_items: int) -> FeatureCache:
@@ -68,39 +78,55 @@ def run_training_task(
     out: Path,
     val_fraction: float | None = None,
     heads: HeadsConfig | None = None,
+    scale: float | None = None,
     cache: FeatureCache | Path | None = None,
     device: str | torch.device = "auto",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Split `items` (seeded, stratified), start from `start` and train; the best
-    checkpoint is written atomically to `out`.
+    """Split `items` (seeded, stratified, whole images), start from `start` and train on
+    tiles of the training images; the best checkpoint is written atomically to `out`.
 
-    `start` is an encoder (fresh heads, configured by `heads`) or a bundle, fine-tuned in
-    place. `cache` is a cache to share with the caller, or the folder of a cache sized for
-    this run (None: memory only). `val_fraction` None: `DEFAULT_VAL_FRACTION`. `items`
-    must be at the encoder's input size.
+    `start` is an encoder (fresh heads at pixel `scale`, None: fit, configured by `heads`)
+    or a bundle, fine-tuned in place at its own scale. `items` must be in that model space
+    (`model.geometry`): at the input size for fit, any size otherwise. Validation and the
+    final calibration run on the whole validation images, stitched as in prediction.
+    `cache` is a cache to share with the caller, or the folder of a cache sized for this
+    run (None: memory only). `val_fraction` None: `DEFAULT_VAL_FRACTION`.
     """
-    if isinstance(start, ModelBundle) and heads is not None:
-        raise ValueError("heads configure fresh heads; a bundle to fine-tune has its own")
+    if isinstance(start, ModelBundle) and (heads is not None or scale is not None):
+        raise ValueError("heads and scale configure fresh heads; a bundle has its own")
     encoder = start.encoder if isinstance(start, ModelBundle) else start
+    geometry = (
+        start.geometry if isinstance(start, ModelBundle) else Geometry(encoder.input_size, scale)
+    )
     size = encoder.input_size
-    wrong = [it for it in items if it.image.shape[:2] != (size, size)]
-    if wrong:
-        raise ValueError(
-            f"{len(wrong)} item(s) are not at the encoder's input size {size}, "
-            f"e.g. {wrong[0].sample.image_path}"
-        )
+    if geometry.fit:
+        wrong = [it for it in items if it.image.shape[:2] != (size, size)]
+        if wrong:
+            raise ValueError(
+                f"{len(wrong)} item(s) are not at the encoder's input size {size}, "
+                f"e.g. {wrong[0].sample.image_path}"
+            )
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION
     fit, val = split(items, val_fraction=val_fraction, seed=config.seed)
+    fit = training_tiles(fit, tile=size, per_image=config.tiles_per_image, seed=config.seed)
     if isinstance(start, ModelBundle):
         bundle = start
     else:
-        bundle = fresh_bundle(start, seed=config.seed, heads=heads)
+        bundle = fresh_bundle(start, seed=config.seed, heads=heads, scale=scale)
     bundle.to(training_device(device))
     if not isinstance(cache, FeatureCache):
-        cache = training_cache(cache, config, len(items))
+        cache = training_cache(cache, config, len(fit) + len(val) * _tiles_per(val, geometry))
     return train(
         bundle, fit, val, config, out=out, cache=cache, progress=progress, on_epoch=on_epoch
     )
+
+
+def _tiles_per(items: Sequence[LoadedSample], geometry: Geometry) -> int:
+    """Mean tiles per image of `items` when predicted (for sizing the cache)."""
+    if not items:
+        return 1
+    total = sum(len(TilePlan(it.image.shape[:2], geometry.tile, geometry.overlap)) for it in items)
+    return max(1, round(total / len(items)))

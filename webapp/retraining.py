@@ -29,8 +29,9 @@ from model.dataset import GOOD, LoadedSample, Sample
 from model.encoders import FrozenEncoder, build_encoder
 from model.encoders.registry import DEFAULT_ENCODER
 from model.evaluate import evaluate
+from model.geometry import AUTO, Geometry, Scale, choose_scale, parse_scale, scale_label
 from model.hashing import sha256_file
-from model.images import decode_image, resize_image, resize_mask
+from model.images import decode_image
 from model.training_task import run_training_task, training_cache
 from storage.errors import BlobIntegrityError, NotFoundError
 from storage.masks import decode_mask
@@ -67,7 +68,7 @@ class Skipped:
     error: str
 
 
-def _load(repo: Repository, li: LabelledImage, size: int) -> LoadedSample:
+def _load(repo: Repository, li: LabelledImage, geometry: Geometry) -> LoadedSample:
     rgb = decode_image(repo.blobs.get(li.image.sha256), name=f"image {li.image.id}")
     mask = (
         decode_mask(repo.blobs.get(li.correction.mask_sha256))
@@ -76,20 +77,23 @@ def _load(repo: Repository, li: LabelledImage, size: int) -> LoadedSample:
     )
     kind = "defect" if mask.any() else GOOD
     sample = Sample(Path(f"image-{li.image.id}"), None, kind)
-    return LoadedSample(sample, li.image.sha256, resize_image(rgb, size), resize_mask(mask, size))
+    return LoadedSample(
+        sample, li.image.sha256, geometry.image_to_model(rgb), geometry.mask_to_model(mask)
+    )
 
 
 def to_samples(
-    repo: Repository, labelled: list[LabelledImage], size: int
+    repo: Repository, labelled: list[LabelledImage], space: Geometry | int
 ) -> tuple[list[LoadedSample], list[Skipped]]:
-    """Training samples at the model's input size from stored images and corrections, and
-    the images skipped because a blob is missing or no longer matches its hash (one damaged
-    file must not cost the whole run)."""
+    """Training samples in the model's space (a bare input size: fit) from stored images
+    and corrections, and the images skipped because a blob is missing or no longer matches
+    its hash (one damaged file must not cost the whole run)."""
+    geometry = space if isinstance(space, Geometry) else Geometry(space, None)
     items: list[LoadedSample] = []
     skipped: list[Skipped] = []
     for li in labelled:
         try:
-            items.append(_load(repo, li, size))
+            items.append(_load(repo, li, geometry))
         except (BlobIntegrityError, NotFoundError) as exc:
             skipped.append(Skipped(li.image.id, f"{exc.__class__.__name__}: {exc}"))
     return items, skipped
@@ -102,13 +106,26 @@ def _start(
     heads: the active model's encoder and input size when there is one."""
     if active_path is not None and not config.from_scratch:
         return load_bundle(active_path, sam_checkpoint=sam_checkpoint)
-    encoder_id, size, stride = config.encoder, None, None
+    encoder_id, size, stride = config.encoder, config.input_size, None
     if active_path is not None:
         meta, _ = read_checkpoint(active_path)
         encoder_id, size, stride = meta.encoder_id, meta.input_size, meta.embedding_stride
     return build_encoder(
         encoder_id, input_size=size, embedding_stride=stride, sam_checkpoint=sam_checkpoint
     )
+
+
+def fresh_scale(
+    setting: str | float, labelled: list[LabelledImage], encoder: FrozenEncoder
+) -> Scale:
+    """The pixel scale of fresh heads: the setting, with "auto" decided from the sizes of
+    the labelled images."""
+    chosen = parse_scale(setting)
+    if chosen == AUTO:
+        shapes = [(li.image.height, li.image.width) for li in labelled]
+        return choose_scale(shapes, encoder.input_size)
+    assert not isinstance(chosen, str)
+    return chosen
 
 
 def _score(report: dict[str, Any]) -> float:
@@ -148,8 +165,13 @@ def run_retraining(
         active = repo.registry.active_version()
         start = _start(active.checkpoint_path if active else None, config, sam_checkpoint)
         encoder = start.encoder if isinstance(start, ModelBundle) else start
-        train_items, skipped = to_samples(repo, train_set, encoder.input_size)
-        holdout_items, skipped_holdout = to_samples(repo, holdout, encoder.input_size)
+        geometry = (
+            start.geometry
+            if isinstance(start, ModelBundle)
+            else Geometry(encoder.input_size, fresh_scale(config.scale, train_set, encoder))
+        )
+        train_items, skipped = to_samples(repo, train_set, geometry)
+        holdout_items, skipped_holdout = to_samples(repo, holdout, geometry)
         skipped += skipped_holdout
         for item in skipped:
             note(f"skipped image {item.image_id}: {item.error}")
@@ -157,7 +179,8 @@ def run_retraining(
             raise ValueError("every labelled image outside the holdout was skipped")
         note(
             f"run {run.id}: {len(train_items)} training images, {len(holdout_items)} holdout, "
-            f"starting from {'version ' + str(active.id) if active else 'scratch'}"
+            f"starting from {'version ' + str(active.id) if active else 'scratch'}, "
+            f"scale {scale_label(geometry.scale)}, tiles of {geometry.tile} px"
         )
         history: list[dict[str, float]] = []
         skipped_metrics = {"skipped": [asdict(item) for item in skipped]}
@@ -190,6 +213,7 @@ def run_retraining(
             train_items,
             train_config,
             start=start,
+            scale=None if isinstance(start, ModelBundle) else geometry.scale,
             out=work,
             val_fraction=config.val_fraction,
             cache=cache,

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from model.geometry import parse_scale
+
 if TYPE_CHECKING:
     from model.train import TrainConfig
 
@@ -38,12 +40,22 @@ class TrainingSettings:
     batch_size: int | None = Field(default=None, ge=1)
     lr: float | None = Field(default=None, gt=0)
     patience: int | None = Field(default=None, ge=1)
+    # A fresh model's pixel scale ("auto": fit when every labelled image is about one tile,
+    # else native pixels; "fit"; or a factor such as "1.0", "0.5") and tile side (None:
+    # the encoder's own). A fine-tune keeps the scale and tile of the model it starts from.
+    scale: str | float = "auto"
+    input_size: int | None = Field(default=None, ge=32)
+    tiles_per_image: int | None = Field(default=None, ge=1)
+
+    def __post_init__(self) -> None:
+        parse_scale(self.scale)  # a bad value fails when the settings are read
 
     def train_config(self) -> TrainConfig:
         """The one conversion into the training loop's own config."""
         from model.train import TrainConfig  # imports torch: only training processes need it
 
-        own = (f.name for f in dataclasses.fields(TrainingSettings) if f.name != "val_fraction")
+        not_loop = {"val_fraction", "scale", "input_size"}
+        own = (f.name for f in dataclasses.fields(TrainingSettings) if f.name not in not_loop)
         return TrainConfig(**{k: v for k in own if (v := getattr(self, k)) is not None})
 
 
@@ -67,6 +79,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     lease_seconds: float = 600.0
     prediction_queue_size: int = Field(default=256, ge=1)  # image ids, not pixels
+    # Background predictions are made this many queued images at a time (one model call).
+    prediction_batch_size: int = Field(default=8, ge=1)
+    # Test-time views served: None all the model's calibrated ones, N the first N (faster).
+    prediction_views: int | None = Field(default=None, ge=1)
     retrain_check_minutes: float = Field(default=10.0, gt=0)
     retrain_min_corrections: int = Field(default=20, ge=1)
     retrain_from_scratch: bool = False
