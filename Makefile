@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_loop
 	$(BIN)/python -m tests.benchmarks.bench_normality
 	$(BIN)/python -m tests.benchmarks.bench_cold_start
+	$(BIN)/python -m tests.benchmarks.bench_image
 
 quality: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.quality --max-minutes 15

@@ -25,7 +25,7 @@ from torch import nn
 from model.encoders.base import EncoderOutput, FrozenEncoder
 from model.encoders.sam_modules import SAM_EMBED_DIM
 from model.full_res import FullResRefinement
-from model.fusion import FeatureFusion
+from model.fusion import Contrasted, FeatureFusion
 from model.heatmap_head import HeatmapHead
 from model.high_res import HighResFeatures, pixel_levels, split_levels
 from model.mask_decoding import decode_batched
@@ -151,12 +151,12 @@ class HeatPromptSAM(nn.Module):
         self.load_state_dict(state, strict=False)
 
     # ------------------------------------------------------------------ forward
-    def embedding(self, frozen: EncoderOutput) -> torch.Tensor:
+    def embedding(self, frozen: EncoderOutput, levels: Contrasted | None = None) -> torch.Tensor:
         """The 256-channel embedding grid: SAM's own, or the neck's."""
         if frozen.embedding is not None:
             return frozen.embedding.to(self.segment_encoding.fuse.weight.dtype)
         assert self.neck is not None
-        return self.neck(frozen.features)
+        return self.neck(levels if levels is not None else frozen.features)
 
     def forward(
         self,
@@ -172,9 +172,10 @@ class HeatPromptSAM(nn.Module):
         points: optional click prompts, coords (B, N, 2) in input pixels (x, y) and
             labels (B, N) with 1 positive, 0 negative, -1 padding.
         """
-        embedding = self.embedding(frozen)
+        levels = Contrasted(frozen.features)  # contrast channels shared by every reader
+        embedding = self.embedding(frozen, levels)
         b = embedding.shape[0]
-        heatmap_logits = self.heatmap_head(self.fusion(frozen.features))
+        heatmap_logits = self.heatmap_head(self.fusion(levels))
         dense = self.segment_encoding(torch.sigmoid(heatmap_logits), embedding)
         no_prompt = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand_as(dense)
         if isinstance(use_prompt, bool):
@@ -193,7 +194,7 @@ class HeatPromptSAM(nn.Module):
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            hq_features=None if self.high_res is None else self.high_res(frozen.features),
+            hq_features=None if self.high_res is None else self.high_res(levels),
         )
         mask_logits = low_res
         if low_res.shape[-1] != self.input_size:

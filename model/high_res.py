@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.fusion import FeatureFusion, with_contrast
+from model.fusion import Contrasted, FeatureFusion, contrasted
 
 DETAIL_MAX_STRIDE = 2  # feature maps this fine are detail levels; coarser ones are context
 
@@ -62,13 +62,14 @@ class HighResFeatures(nn.Module):
             nn.Conv2d(2 * in_channels[i], channels, kernel_size=1) for i in detail
         )
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.context(features)
+    def forward(self, features: list[torch.Tensor] | Contrasted) -> torch.Tensor:
+        levels = contrasted(features)
+        x = self.context(levels)
         scale = self.context.out_stride // self.out_stride
         if scale > 1:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         for proj, i in zip(self.detail, self.detail_levels, strict=True):
-            d = proj(with_contrast(features[i].to(proj.weight.dtype)))
+            d = proj(levels.level(i, proj.weight.dtype))
             if d.shape[-2:] != x.shape[-2:]:
                 d = F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = x + d

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from model.augment import TRANSFORMS
 from model.checkpoint import load_bundle
 from model.dataset import check_val_fraction, discover, image_shapes, load_samples
 from model.distributed import init_from_environment
@@ -47,6 +48,7 @@ def train_from_folders(
     input_size: int | None = None,
     scale: float | str | None = AUTO,
     tiles_per_image: int = 6,
+    test_time_views: int | None = None,
     cache_dir: Path | None = None,
     patience: int = 15,
     heads: HeadsConfig | None = None,
@@ -57,9 +59,13 @@ def train_from_folders(
 
     `scale`: the pixel scale tiles are cut at (1.0 native), None or "fit" for the squash
     into one tile, "auto" for fit when every image is about one tile and 1.0 otherwise.
+    `test_time_views`: the first N of the flips/rotations predictions average (None: all
+    six; 1 is about six times faster per image).
     """
     init_from_environment()  # joins the torchrun job when launched by torchrun
     check_val_fraction(val_fraction)  # bad arguments fail before any image is read
+    if test_time_views is not None and not 1 <= test_time_views <= len(TRANSFORMS):
+        raise ValueError(f"test-time views must be 1 to {len(TRANSFORMS)}, got {test_time_views}")
     chosen = parse_scale(scale)
     torch_device = training_device(device)
     samples = [s for folder in data for s in discover(folder)]
@@ -77,6 +83,7 @@ def train_from_folders(
         patience=patience,
         tiles_per_image=tiles_per_image,
         loss=loss or LossWeights(),
+        **({} if test_time_views is None else {"test_time_views": TRANSFORMS[:test_time_views]}),
     )
     return run_training_task(
         items,

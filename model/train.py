@@ -38,10 +38,12 @@ from model.distributed import (
 )
 from model.evaluate import best_rule, predict_probs
 from model.feature_cache import FeatureCache
+from model.geometry import Geometry
 from model.inference import encode_images
 from model.labels import skeleton_heatmap
 from model.losses import LossWeights, heatprompt_loss
 from model.metrics import review_score, segmentation_report
+from model.tiling import TilePlan
 
 THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_LR = 3e-3  # peak AdamW rate: 1e-3 → 2e-3 → 3e-3 each learned faster in a budget
@@ -71,8 +73,12 @@ class TrainConfig:
     tiles_per_image: int = 6
     # Predictions average these flips/rotations; the mask rule is calibrated on them.
     test_time_views: tuple[str, ...] = TRANSFORMS
-    # Validation images (a seeded sample) the final calibration over those views uses.
+    # Validation images (a seeded sample) the final calibration over those views uses,
+    # at most as many as make `calibration_tiles` tile passes over all the views.
     calibration_images: int = 160
+    calibration_tiles: int = 1000
+    # Whole validation images (a seeded sample) ranking the epochs: at most this many tiles.
+    validation_tiles: int = 512
     prompt_dropout: float = 0.2
     click_prob: float = 0.2
     mixed_precision: bool = True  # float16 on CUDA, bfloat16 on CPUs that support it
@@ -113,6 +119,22 @@ def calibration_sample(items: Sequence[LoadedSample], size: int, seed: int) -> l
     n_good = round(size * len(good) / len(items))
     chosen = rng.sample(good, n_good) + rng.sample(bad, size - n_good)
     return [items[i] for i in sorted(chosen)]
+
+
+def tiles_in(items: Sequence[LoadedSample], geometry: Geometry) -> int:
+    """Tiles prediction cuts `items` into (one per image of a fit model)."""
+    return sum(len(TilePlan(it.image.shape[:2], geometry.tile, geometry.overlap)) for it in items)
+
+
+def capped_sample(
+    items: Sequence[LoadedSample], geometry: Geometry, *, images: int, tiles: int, seed: int
+) -> list[LoadedSample]:
+    """`calibration_sample` of at most `images` items and, at their mean tile count, at
+    most `tiles` tiles: validating stitched large images costs per tile, not per image."""
+    if not items:
+        return []
+    mean_tiles = tiles_in(items, geometry) / len(items)
+    return calibration_sample(items, max(1, min(images, int(tiles / mean_tiles))), seed)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -204,6 +226,17 @@ def train(
     amp_dtype = autocast_dtype(device) if config.mixed_precision else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     labels = _Labels(train_items, bundle.meta.label_sigma)
+    geometry = bundle.geometry
+    epoch_val = capped_sample(
+        val_items, geometry, images=len(val_items), tiles=config.validation_tiles, seed=config.seed
+    )
+    calib = capped_sample(
+        val_items,
+        geometry,
+        images=config.calibration_images,
+        tiles=config.calibration_tiles // len(test_views),
+        seed=config.seed,
+    )
     transforms = TRANSFORMS if config.augment else ("identity",)
     views = fixed_views(len(train_items), transforms, config.views_per_image, rng)
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
@@ -302,17 +335,17 @@ def train(
             "elapsed_s": time.monotonic() - start,
         }
         report = None
-        if val_items and ctx.is_main:
+        if epoch_val and ctx.is_main:
             val_start = time.monotonic()  # one upright pass: cheap, enough to rank epochs
             probs = predict_probs(
-                bundle, val_items, cache=cache, batch_size=config.batch_size, views=["identity"]
+                bundle, epoch_val, cache=cache, batch_size=config.batch_size, views=["identity"]
             )
             if epoch == 1:
                 first_val_s = time.monotonic() - val_start
             report = segmentation_report(
                 probs,
-                [it.mask for it in val_items],
-                [it.defect_type for it in val_items],
+                [it.mask for it in epoch_val],
+                [it.defect_type for it in epoch_val],
                 threshold=bundle.meta.mask_threshold,
                 with_auroc=False,  # the score needs none; the final report has them
             )
@@ -321,9 +354,9 @@ def train(
         else:
             score = -float(np.mean(losses))
         score = from_main(score, ctx)  # every rank follows rank 0's early-stopping decision
-        if epoch == 1 and budget and val_items:
+        if epoch == 1 and budget and epoch_val:
             first_val_s = from_main(first_val_s, ctx)
-            share = min(1.0, config.calibration_images / len(val_items))
+            share = tiles_in(calib, geometry) / max(1, tiles_in(epoch_val, geometry))
             loop_budget = loop_budget_s(budget, first_val_s, len(test_views), share)
         history.append(record)
         if on_epoch:
@@ -349,8 +382,7 @@ def train(
     _, state = read_checkpoint(out)
     heads.load_trainable_state_dict(state)
     bundle.meta.test_time_views = list(test_views)
-    if val_items and ctx.is_main:
-        calib = calibration_sample(val_items, config.calibration_images, config.seed)
+    if calib and ctx.is_main:
         probs = predict_probs(
             bundle, calib, cache=cache, batch_size=config.batch_size, progress=progress
         )

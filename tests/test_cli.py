@@ -268,3 +268,76 @@ def test_token_days_expiry_and_revocation(sqlite_data_dir: Path, capsys) -> None
     assert "no expiry" in _error_line(capsys)
     assert main(["user", "revoke-token", "nobody", "--data-dir", d]) == 2
     assert "nobody" in _error_line(capsys)
+
+
+# ------------------------------------------------------------------------- bench-image
+@pytest.fixture(scope="module")
+def scaled_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained effnet_lite0 checkpoint at pixel scale 1.0 with 64 px tiles (the
+    smallest multiple of 32 with a useful grid): speed figures need no training."""
+    from model.checkpoint import save_checkpoint
+    from model.encoders import build_encoder
+    from model.training_task import fresh_bundle
+
+    bundle = fresh_bundle(build_encoder("effnet_lite0", input_size=64), seed=0, scale=1.0)
+    return save_checkpoint(tmp_path_factory.mktemp("bench-image") / "scaled.pt", bundle)
+
+
+def _tiles(width: int, height: int, tile: int = 64) -> int:
+    """Tiles a scale-1.0 model with `tile` px tiles cuts a width×height image into."""
+    from model.geometry import Geometry
+    from model.tiling import TilePlan
+
+    return len(TilePlan((height, width), tile, Geometry(tile, 1.0).overlap))
+
+
+def test_bench_image_json_rows_have_the_plans_tiles_and_times(scaled_checkpoint, capsys) -> None:  # type: ignore[no-untyped-def]
+    capsys.readouterr()
+    args = ["bench-image", "--checkpoint", str(scaled_checkpoint), "--device", "cpu"]
+    assert main([*args, "--sizes", "100x60,300x200", "--repeat", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert [(r["width"], r["height"]) for r in rows] == [(100, 60), (300, 200)]
+    assert report["views"] == ["identity"]
+    for r in rows:
+        assert r["tiles"] == _tiles(r["width"], r["height"]) > 1
+        assert r["views"] == 1 and r["repeats"] == 2 and r["device"] == "cpu"
+        assert r["encode_ms_per_tile"] > 0 and r["heads_ms_per_tile"] > 0
+        assert r["stitch_ms"] > 0 and r["total_s"] > 0
+        assert r["peak_rss_mib"] is not None and r["peak_rss_mib"] >= 0
+        assert r["peak_gpu_mib"] is None
+
+
+def test_bench_image_table_for_image_files(scaled_checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.full((70, 130, 3), 128, np.uint8)).save(path)
+    capsys.readouterr()
+    assert main(["bench-image", str(path), "--checkpoint", str(scaled_checkpoint)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "enc ms/tile" in lines[0] and "total s" in lines[0]
+    fields = lines[1].split()
+    assert fields[0] == "…" + str(path)[-19:] and fields[1] == "130x70"
+    assert int(fields[4]) == _tiles(130, 70)
+
+
+def test_bench_image_user_errors_are_one_line(scaled_checkpoint, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["bench-image", "--checkpoint", str(scaled_checkpoint)]
+    assert main([*args, "--views", "2"]) == 2  # the checkpoint has one view
+    assert "test-time views" in _error_line(capsys)
+    assert main([*args, "--sizes", "100by60"]) == 2
+    assert "100by60" in _error_line(capsys)
+
+
+def test_peak_rss_sees_an_allocation_inside_the_block() -> None:
+    import time
+
+    from webapp.image_benchmark import PeakRss
+
+    with PeakRss() as rss:
+        block = np.ones(200 << 20, np.uint8)  # written, so its pages are resident
+        time.sleep(0.05)
+        del block
+    assert rss.growth_mib is not None and rss.growth_mib >= 150
+    with PeakRss() as idle:
+        time.sleep(0.02)
+    assert idle.growth_mib is not None and idle.growth_mib < 50

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.errors import HeatPromptError
+from model.geometry import parse_scale
 
 EXIT_USER_ERROR = 2
 
@@ -47,7 +48,30 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
-    p.add_argument("--input-size", type=int, help="model input side (default per encoder)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="tile side in pixels: 256, 384, 512, 1024 (default per encoder)",
+    )
+    p.add_argument(
+        "--scale",
+        type=parse_scale,
+        default="auto",
+        help="pixel scale the tiles are cut at: 1.0 native pixels, 0.5 half resolution, "
+        "'fit' to squash each image into one tile (small images only); default 'auto': fit "
+        "when every image is about one tile, else 1.0",
+    )
+    p.add_argument(
+        "--tiles-per-image",
+        type=int,
+        default=6,
+        help="training crops per image larger than a tile (defect-biased)",
+    )
+    p.add_argument(
+        "--test-time-views",
+        type=int,
+        help="predictions average the first N of 6 flips/rotations (default 6; 1 is fastest)",
+    )
     p.add_argument("--cache-dir", type=Path, help="feature cache folder (default: beside --out)")
     p.add_argument(
         "--patience",
@@ -179,6 +203,30 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ingest)
 
 
+def _add_bench_image(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench-image",
+        help="time whole-image prediction (tiles, encoder, heads, stitching) and its memory",
+    )
+    p.add_argument(
+        "images", type=Path, nargs="*", help="images to time (default: synthetic, see --sizes)"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--sam-checkpoint", type=Path)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--views", type=int, help="use the first N of the checkpoint's test-time views (all)"
+    )
+    p.add_argument(
+        "--sizes",
+        default="1024x1024,2048x2048,4096x1024,4096x4096",
+        help="WIDTHxHEIGHT list of synthetic images, when no images are given",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="measured predictions per image")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.set_defaults(func=cmd_bench_image)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `heatprompt`."""
     parser = argparse.ArgumentParser(
@@ -198,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_backup,
         _add_worker,
         _add_ingest,
+        _add_bench_image,
     ):
         add(sub)
     return parser
@@ -228,6 +277,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **({} if args.lr is None else {"lr": args.lr}),
         input_size=args.input_size,
+        scale=args.scale,
+        tiles_per_image=args.tiles_per_image,
+        test_time_views=args.test_time_views,
         cache_dir=args.cache_dir,
     )
     val = result.val_report or {}
@@ -247,7 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bundle = load_bundle(
         args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
     )
-    items = load_samples(discover(args.data), bundle.encoder.input_size, progress=not args.json)
+    items = load_samples(discover(args.data), bundle.geometry, progress=not args.json)
     report = evaluate(bundle, items, progress=not args.json)
     if args.json:
         print(json.dumps(report))
@@ -554,6 +606,44 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         services.shutdown()
     summary = f"{stored} stored, {duplicates} duplicates, {refused} refused"
     print(summary + (f"; {labelled} labelled defect-free" if args.good else ""))
+    return 0
+
+
+def cmd_bench_image(args: argparse.Namespace) -> int:
+    """One row per image, printed as it is measured: tiles, encoder and head ms per tile,
+    stitching, total seconds and memory; `--json` prints one object at the end."""
+    from model.checkpoint import load_bundle
+    from model.images import read_image
+    from model.inference import resolve_device
+    from webapp.image_benchmark import (
+        iter_benchmark,
+        parse_sizes,
+        select_views,
+        synthetic_images,
+        table_header,
+        table_line,
+    )
+
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    sizes = parse_sizes(args.sizes)  # a bad --sizes fails before the model loads
+    bundle = load_bundle(
+        args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
+    )
+    views = select_views(bundle, args.views)
+    if args.images:  # all read first, so a bad file fails before minutes of timing
+        images = [(str(path), read_image(path)) for path in args.images]
+    else:
+        images = synthetic_images(sizes)
+    rows = []
+    if not args.json:
+        print(table_header(), flush=True)
+    for row in iter_benchmark(bundle, images, views=views, repeat=args.repeat):
+        rows.append(row.as_dict())
+        if not args.json:
+            print(table_line(row), flush=True)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "views": views, "rows": rows}))
     return 0
 
 

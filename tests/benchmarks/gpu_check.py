@@ -4,7 +4,10 @@ Writes a synthetic training set and a separate test set (another seed), trains t
 `effnet_lite0` heads for a short time budget through the command line's own entry point
 (`train_from_folders`, device auto), then prints epochs, training throughput, the test
 metrics, per-image prediction latency and peak GPU memory: a table, then one JSON line.
-About 6 minutes on a GPU with the defaults; runs on a CPU too (much slower, and says so).
+Then `heatprompt bench-image`'s rows for 2048² and 4096² images with one view, on the GPU
+and on the CPU of the same machine (`webapp.image_benchmark`, an untrained scale-1.0 model
+as in `bench_image.py`: speed does not depend on training); skipped without CUDA.
+About 8 minutes on a GPU with the defaults; runs on a CPU too (much slower, and says so).
 Run with `make gpu-check`.
 """
 
@@ -31,8 +34,17 @@ from model.predict import Predictor
 from model.synth import write_dataset
 from model.train import TrainConfig
 from model.training_task import DEFAULT_VAL_FRACTION
+from tests.benchmarks.bench_image import bench_checkpoint
+from webapp.image_benchmark import (
+    ImageBenchRow,
+    benchmark_images,
+    synthetic_images,
+    table_header,
+    table_line,
+)
 
 WARMUP_IMAGES = 5
+IMAGE_BENCH_SIZES = ((2048, 2048), (4096, 4096))
 
 
 def device_summary(device: torch.device) -> dict[str, Any]:
@@ -84,6 +96,37 @@ def prediction_latency(predictor: Predictor, images: list[Any], device: torch.de
     }
 
 
+def image_bench(device: torch.device) -> list[ImageBenchRow]:
+    """bench-image rows for `IMAGE_BENCH_SIZES` with one view on `device`, then the same on
+    this machine's CPU, so the GPU's gain on whole large images is read from one run."""
+    rows: list[ImageBenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="heatprompt-gpu-check-image-") as tmp:
+        checkpoint = bench_checkpoint(Path(tmp))
+        for where in (device, torch.device("cpu")):
+            bundle = load_bundle(checkpoint, device=where)
+            views = bundle.meta.test_time_views[:1]
+            rows += benchmark_images(bundle, synthetic_images(IMAGE_BENCH_SIZES), views=views)
+            del bundle
+            if where.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def print_image_bench(rows: list[ImageBenchRow]) -> None:
+    """The rows as `heatprompt bench-image` prints them; GPU rows say their speed-up."""
+    cpu = {(r.width, r.height): r.total_s for r in rows if r.device.startswith("cpu")}
+
+    def note(row: ImageBenchRow) -> str:
+        base = cpu.get((row.width, row.height))
+        if row.device.startswith("cpu") or base is None:
+            return ""
+        return f"{base / max(row.total_s, 1e-9):.1f}× the CPU"
+
+    print(table_header(note="GPU vs CPU"))
+    for row in rows:
+        print(table_line(row, note=note(row)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-minutes", type=float, default=3.0, help="training budget")
@@ -94,6 +137,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--workdir", type=Path, help="keep data, cache and checkpoint here")
+    parser.add_argument(
+        "--no-image-bench", action="store_true", help="skip the 2048²/4096² GPU-vs-CPU rows"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     info = device_summary(device)
@@ -168,7 +214,15 @@ def main() -> None:
         "peak_gpu_mib_train": None if train_peak is None else round(train_peak, 1),
         "peak_gpu_mib": None if peak_gpu_mib(device) is None else round(peak_gpu_mib(device), 1),
     }
+    image_rows: list[ImageBenchRow] = []
+    if device.type == "cuda" and not args.no_image_bench:
+        image_rows = image_bench(device)
+    summary["image_bench"] = [r.as_dict() for r in image_rows]
     print_table(summary)
+    if image_rows:
+        print_image_bench(image_rows)
+    elif device.type != "cuda":
+        print("no CUDA device: the GPU-vs-CPU image-size rows are skipped (CPU: make bench)")
     print(json.dumps(summary))
 
 
