@@ -17,6 +17,7 @@ from model.predict import Click, Predictor
 from model.stage_times import StageTimes
 from model.tile_sampling import training_tiles
 from model.tiling import Stitcher, TilePlan, blend_window, positions
+from model.train import capped_sample
 
 TILE = 64
 
@@ -162,3 +163,13 @@ def test_a_click_decodes_the_tile_under_it_again(native_bundle) -> None:  # type
     changed = np.argwhere(~np.isclose(plain.heatmap, clicked.heatmap, atol=1e-6))
     assert changed.size > 0
     assert changed.min() >= 200 - TILE  # only the area of the tile under the click
+
+
+def test_validation_of_large_images_is_capped_by_their_tiles() -> None:
+    items = [_item((300, 300), (10 * i, 10 * i) if i % 2 else None) for i in range(10)]
+    per_image = len(TilePlan((300, 300), TILE, TILE // 4))
+    native = capped_sample(items, Geometry(TILE, 1.0), images=10, tiles=3 * per_image, seed=0)
+    assert len(native) == 3
+    assert {it.defective for it in native} == {True, False}  # both kinds kept
+    small = [_item((TILE, TILE), None) for _ in range(10)]
+    assert len(capped_sample(small, Geometry(TILE, None), images=8, tiles=100, seed=0)) == 8
