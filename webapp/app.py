@@ -71,7 +71,9 @@ def build_services(settings: Settings) -> Services:
         engine, BlobStore(settings.blob_dir), holdout_percent=settings.holdout_percent
     )
     models = ModelServer(
-        cache_dir=settings.feature_cache_dir, sam_checkpoint=settings.sam_checkpoint
+        cache_dir=settings.feature_cache_dir,
+        sam_checkpoint=settings.sam_checkpoint,
+        views=settings.prediction_views,
     )
     services = Services(settings=settings, repo=repo, accounts=Accounts(engine), models=models)
     if repo.registry.active_version() is None and settings.checkpoint is not None:

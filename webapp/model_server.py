@@ -3,12 +3,17 @@
 A request takes the current pair once and finishes on it, so a hot-swap never changes the
 model under a request in flight; every prediction is tagged with the version that made it.
 A new checkpoint is loaded and smoke-tested beside the old one before the swap.
+
+`views` trades accuracy for speed: every test-time view (flip/rotation) is one more encoder
+pass per image, so serving with the first N of the model's calibrated views costs about N/V
+of the time; None serves all of them, as the mask rule was calibrated.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +62,25 @@ def smoke_test(predictor: Predictor) -> None:
 class ModelServer:
     """Holds the served model and swaps it without downtime."""
 
-    def __init__(self, *, cache_dir: Path | None = None, sam_checkpoint: Path | None = None):
+    def __init__(
+        self,
+        *,
+        cache_dir: Path | None = None,
+        sam_checkpoint: Path | None = None,
+        views: int | None = None,
+    ) -> None:
+        if views is not None and views < 1:
+            raise ValueError(f"views must be at least 1 (or None for all), got {views}")
         self._current: ServedModel | None = None
         self._lock = threading.Lock()
         self._cache_dir = cache_dir
         self._sam_checkpoint = sam_checkpoint
+        self._views = views
+
+    @property
+    def views(self) -> int | None:
+        """How many of each model's test-time views are served (None: all of them)."""
+        return self._views
 
     @property
     def current(self) -> ServedModel | None:
@@ -109,7 +128,8 @@ class ModelServer:
                 self._cache_dir / bundle.meta.encoder_id if self._cache_dir else None,
                 max_memory_bytes=SERVED_CACHE_MEMORY_BYTES,
             )
-            predictor = Predictor(bundle, cache=cache)
+            views = None if self._views is None else bundle.meta.test_time_views[: self._views]
+            predictor = Predictor(bundle, cache=cache, views=views)
             smoke_test(predictor)
             served = ServedModel(version_id, predictor, Path(checkpoint))
             self._current = served  # the swap: one reference assignment
@@ -124,3 +144,13 @@ class ModelServer:
         if served is None:
             raise NoModelError("no model is served yet: label images, and the first model trains")
         return served.predictor.predict(image, sha256=sha256, clicks=clicks), served.version_id
+
+    def predict_many(
+        self, images: Sequence[np.ndarray], *, shas: Sequence[str]
+    ) -> tuple[list[Prediction], int | None]:
+        """Predict a batch with the model served at call time, taken once for the whole
+        batch, so every prediction of it is tagged with the one version that made it."""
+        served = self._current
+        if served is None:
+            raise NoModelError("no model is served yet: label images, and the first model trains")
+        return served.predictor.predict_many(images, shas=shas), served.version_id

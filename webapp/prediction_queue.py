@@ -1,9 +1,14 @@
-"""Background prediction of incoming images: a bounded queue of image ids, one worker.
+"""Background prediction of incoming images: a bounded queue of image ids, one worker that
+predicts them in batches.
 
 The queue holds ids, never pixels, so a burst of uploads costs a few bytes per image. When
 it is full an image is not dropped: it simply has no prediction yet, and the database is
 the backlog — whenever the queue runs dry the worker asks `refill` for pending images that
 still have none. `backlog` is what `/api/health` reports.
+
+The worker blocks for one id, then takes whatever else is already queued (up to
+`batch_size`) without waiting: a lone upload is predicted at once, and a burst of uploads
+becomes one model call per batch, which amortises the per-call overhead of the encoder.
 """
 
 from __future__ import annotations
@@ -19,19 +24,22 @@ MAX_REMEMBERED_FAILURES = 10_000
 
 
 class PredictionQueue:
-    """One worker thread predicting image ids handed to `submit`, at most `capacity` queued."""
+    """One worker thread predicting image ids handed to `submit`, at most `capacity` queued,
+    `batch_size` at a time."""
 
     def __init__(
         self,
-        predict: Callable[[int], object],
+        predict_batch: Callable[[list[int]], object],
         *,
         capacity: int,
+        batch_size: int = 1,
         refill: Callable[[int], list[int]] | None = None,
     ) -> None:
-        self._predict = predict
+        self._predict_batch = predict_batch
         self._refill = refill
-        self._queue: queue.Queue[int] = queue.Queue(maxsize=max(1, capacity))
         self._capacity = max(1, capacity)
+        self._batch_size = max(1, batch_size)
+        self._queue: queue.Queue[int] = queue.Queue(maxsize=self._capacity)
         self._lock = threading.Condition()
         self._waiting: set[int] = set()  # queued or being predicted
         self._overflowed = False  # some submissions were left to the database backlog
@@ -49,6 +57,10 @@ class PredictionQueue:
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
 
     def submit(self, image_id: int) -> bool:
         """Queue an image; False when the queue is full (it stays in the database backlog)."""
@@ -78,27 +90,67 @@ class PredictionQueue:
         if wait:
             self._thread.join()
 
+    def _next_batch(self) -> tuple[list[int], bool]:
+        """Block for one id, then take what is already queued, up to `batch_size`; and
+        whether the stop marker was met (everything queued before it is in the batch)."""
+        first = self._queue.get()
+        if first == _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < self._batch_size:
+            try:
+                image_id = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if image_id == _STOP:
+                return batch, True
+            batch.append(image_id)
+        return batch, False
+
     def _run(self) -> None:
         while True:
-            image_id = self._queue.get()
-            if image_id == _STOP:
+            batch, stop = self._next_batch()
+            if batch:
+                self._predict(batch)
+                self._finish(batch)
+            if stop:
                 return
+
+    def _finish(self, batch: list[int]) -> None:
+        """Refill from the database backlog when due, then let the batch leave `_waiting`
+        (in that order, so the queue never looks idle while the backlog has images)."""
+        with self._lock:
+            refill = self._refill is not None and self._overflowed and self._queue.empty()
+            if refill:
+                self._overflowed = False
+        if refill:
+            self._refill_from_backlog()
+        with self._lock:
+            self._waiting.difference_update(batch)
+            self._lock.notify_all()
+
+    def _predict(self, batch: list[int]) -> None:
+        """Predict a batch; when it fails, predict its images one by one, so one bad image
+        costs only its own prediction and is remembered as failed."""
+        try:
+            self._predict_batch(batch)
+            return
+        except Exception as exc:  # one bad image must not stop the worker
+            if len(batch) == 1:
+                self._remember_failure(batch[0], exc)
+                return
+            log.warning("background prediction of images %s failed (%s): one by one", batch, exc)
+        for image_id in batch:
             try:
-                self._predict(image_id)
-            except Exception as exc:  # one bad image must not stop the worker
-                log.error("background prediction of image %s failed: %s", image_id, exc)
-                with self._lock:
-                    if len(self._failed) < MAX_REMEMBERED_FAILURES:
-                        self._failed.add(image_id)
-            with self._lock:
-                refill = self._refill is not None and self._overflowed and self._queue.empty()
-                if refill:
-                    self._overflowed = False
-            if refill:  # before this id leaves `_waiting`, so the queue never looks idle early
-                self._refill_from_backlog()
-            with self._lock:
-                self._waiting.discard(image_id)
-                self._lock.notify_all()
+                self._predict_batch([image_id])
+            except Exception as exc:
+                self._remember_failure(image_id, exc)
+
+    def _remember_failure(self, image_id: int, exc: Exception) -> None:
+        log.error("background prediction of image %s failed: %s", image_id, exc)
+        with self._lock:
+            if len(self._failed) < MAX_REMEMBERED_FAILURES:
+                self._failed.add(image_id)
 
     def _refill_from_backlog(self) -> None:
         assert self._refill is not None

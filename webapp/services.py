@@ -33,6 +33,7 @@ from storage.review_queue import ImageState
 from storage.schema import (
     Correction,
     CorrectionAction,
+    Image,
     ModelVersion,
     Promotion,
     TrainingRun,
@@ -57,6 +58,11 @@ from webapp.settings import Settings
 from webapp.views import correction_view
 
 log = logging.getLogger(__name__)
+
+# A background batch decodes its images and holds their full-size heatmaps and masks at
+# once: above this many pixels it is split, so large images do not multiply peak memory by
+# the batch size (an image larger than this is predicted alone).
+PREDICTION_BATCH_PIXELS = 32_000_000
 
 __all__ = ["PermissionDenied", "Services", "png_bytes"]
 
@@ -88,6 +94,20 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _pixel_chunks(images: Sequence[Image], max_pixels: int) -> list[list[Image]]:
+    """`images` in order, cut into runs of at most `max_pixels` (at least one image each)."""
+    chunks: list[list[Image]] = []
+    pixels = 0
+    for image in images:
+        size = image.width * image.height
+        if not chunks or pixels + size > max_pixels:
+            chunks.append([])
+            pixels = 0
+        chunks[-1].append(image)
+        pixels += size
+    return chunks
+
+
 @dataclass
 class Services:
     """Everything a request handler needs, behind permission checks."""
@@ -106,6 +126,7 @@ class Services:
         self.predictions = PredictionQueue(
             self._predict_in_background,
             capacity=self.settings.prediction_queue_size,
+            batch_size=self.settings.prediction_batch_size,
             refill=self._unpredicted,
         )
 
@@ -201,16 +222,51 @@ class Services:
         }
 
     # ------------------------------------------------------------------ predictions
-    def _predict_in_background(self, image_id: int) -> None:
-        """Supervised prediction when a model is served, then the anomaly map when a
-        normality model is (no model of either kind: nothing to do, nothing to report)."""
-        if self.models.current is not None:
-            self.predict_image(image_id)
+    def _predict_in_background(self, image_ids: list[int]) -> None:
+        """Supervised predictions of a batch when a model is served, then each image's
+        anomaly map when a normality model is (no model of either kind: nothing to do,
+        nothing to report).
+
+        The queue retries a failed batch image by image; an image the served version has
+        predicted already is skipped, so an image stored before the failure (in an earlier
+        pixel chunk) is not predicted twice.
+        """
+        served = self.models.current
+        if served is not None:
+            images = [self.repo.images.get_image(i) for i in image_ids]
+            todo = [im for im in images if not self._predicted_by(im.id, served.version_id)]
+            for chunk in _pixel_chunks(todo, PREDICTION_BATCH_PIXELS):
+                self._predict_and_store(chunk)
         if self.anomaly is not None and self.anomaly.current is not None:
-            try:
-                self.anomaly.score_image(image_id)
-            except Exception as exc:  # the supervised prediction above is stored already
-                log.warning("anomaly scoring of image %s failed: %s", image_id, exc)
+            for image_id in image_ids:
+                try:
+                    self.anomaly.score_image(image_id)
+                except Exception as exc:  # the supervised predictions are stored already
+                    log.warning("anomaly scoring of image %s failed: %s", image_id, exc)
+
+    def _predicted_by(self, image_id: int, version_id: int | None) -> bool:
+        if version_id is None:  # unregistered models cannot be told apart
+            return False
+        latest = self.repo.images.latest_prediction(image_id)
+        return latest is not None and latest.model_version_id == version_id
+
+    def _predict_and_store(self, images: Sequence[Image]) -> None:
+        """Decode `images`, predict them in one model call (so with one served version) and
+        store every prediction; nothing is stored unless all of them decoded and predicted."""
+        rgbs = [self.image_rgb(image.id) for image in images]
+        preds, version_id = self.models.predict_many(rgbs, shas=[im.sha256 for im in images])
+        for image, pred in zip(images, preds, strict=True):
+            self._store_prediction(image.id, pred, version_id)
+
+    def _store_prediction(self, image_id: int, pred: Prediction, version_id: int | None) -> None:
+        self.repo.images.add_prediction(
+            image_id,
+            mask=pred.mask,
+            heatmap=pred.heatmap,
+            defect_score=pred.defect_score,
+            uncertainty=pred.uncertainty,
+            model_version_id=version_id,
+        )
 
     def schedule_prediction(self, image_id: int) -> bool:
         """Queue a background prediction; False when the queue is full (the image stays in
@@ -237,14 +293,7 @@ class Services:
         rgb = rgb if rgb is not None else self.image_rgb(image_id)
         pred, version_id = self.models.predict(rgb, sha256=image.sha256, clicks=clicks)
         if store:
-            self.repo.images.add_prediction(
-                image_id,
-                mask=pred.mask,
-                heatmap=pred.heatmap,
-                defect_score=pred.defect_score,
-                uncertainty=pred.uncertainty,
-                model_version_id=version_id,
-            )
+            self._store_prediction(image_id, pred, version_id)
         return pred
 
     # ------------------------------------------------------------------ reading
