@@ -73,6 +73,11 @@ class Predictor:
             raise ValueError("at least one test-time view is needed")
 
     @property
+    def active_views(self) -> tuple[str, ...]:
+        """The test-time views predictions average: the override, or the model's own."""
+        return self.views if self.views is not None else tuple(self.bundle.meta.test_time_views)
+
+    @property
     def threshold(self) -> float:
         return self.bundle.meta.mask_threshold
 

@@ -95,6 +95,12 @@ def test_any_size_is_predicted_at_its_own_size(large: App) -> None:
             assert response.status_code == 201, response.text
             large.truth[name] = (response.json()["id"], mask)
         large.app.services.wait_for_predictions()
+        health = http.get("/api/health").json()
+        assert (health["tile"], health["pixel_scale"], health["test_time_views"]) == (
+            TILE,
+            f"{SCALE:g}",
+            1,
+        )
         for name, (image_id, _) in large.truth.items():
             h, w = SHAPES[name]
             view = http.get(f"/api/images/{image_id}").json()

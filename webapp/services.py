@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 from model.checkpoint import read_checkpoint
 from model.click_mask import refine_with_clicks
 from model.errors import CheckpointError
+from model.geometry import scale_label
 from model.images import decode_image
 from model.predict import Click, Prediction
 from model.visualize import colorize_heatmap
@@ -509,6 +510,10 @@ class Services:
             "encoder": None if meta is None else meta.encoder_id,
             "mask_threshold": None if meta is None else meta.mask_threshold,
             "min_defect_area": None if meta is None else meta.min_defect_area,
+            # How the served model sees an image: tile side and pixel scale ("fit": squashed).
+            "tile": None if meta is None else meta.input_size,
+            "pixel_scale": None if meta is None else scale_label(meta.pixel_scale),
+            "test_time_views": None if served is None else len(served.predictor.active_views),
             "problem": problem,
             "normality_model": None if normality is None else normality.model_id,
             "normality_good_images": None if normality is None else normality.model.good_images,
@@ -522,6 +527,9 @@ class Services:
             "state": status["state"],
             "active_model_version": status["active_version"],
             "served_model_version": status["served_version"],
+            "tile": status["tile"],
+            "pixel_scale": status["pixel_scale"],
+            "test_time_views": status["test_time_views"],
             "problem": status["problem"],
             "normality_model": status["normality_model"],
             "anomaly_problem": status["anomaly_problem"],

@@ -38,6 +38,14 @@ def first_model_line(services: Services) -> str:
     )
 
 
+def scale_words(status: dict) -> str:  # type: ignore[type-arg]
+    """How the served model sees an image, in words."""
+    views = f"{status['test_time_views']} view" + ("s" if status["test_time_views"] != 1 else "")
+    if status["pixel_scale"] == "fit":
+        return f"whole image squashed to {status['tile']} px, {views}"
+    return f"{status['tile']} px tiles at scale {status['pixel_scale']}, {views}"
+
+
 def model_line(services: Services) -> str:
     status = services.model_status()
     if status["state"] == "no_model":
@@ -53,8 +61,8 @@ def model_line(services: Services) -> str:
         note = BACKBONE_NOTES.get(encoder, "Meta's SAM image encoder and decoder, frozen")
         line = (
             f"Model version **{status['served_version']}** · backbone **{encoder}** "
-            f"({note}) · mask threshold {status['mask_threshold']:.2f}, "
-            f"smallest defect {status['min_defect_area']} px"
+            f"({note}) · {scale_words(status)} · mask threshold "
+            f"{status['mask_threshold']:.2f}, smallest defect {status['min_defect_area']} px"
         )
     if status["problem"]:
         line += f"\n\n⚠ {status['problem']}"
