@@ -1,6 +1,7 @@
 """Masks to and from the review editor: the editor shows the image with the current mask
 tinted over it; the reviewer's strokes (defect colour adds, background colour removes,
-the eraser takes strokes back) edit the mask kept on the server."""
+the eraser takes strokes back) edit the mask kept on the server, at native resolution even
+when the editor shows only a region of it, display-sized."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from webapp.display_view import Region, display_shape, render_region, view_region
 from webapp.editor_masks import (
     CLEAR_RGB,
     MASK_ALPHA,
@@ -176,3 +178,51 @@ def test_the_composite_tints_only_the_masked_pixels() -> None:
     expected = image[mask] * (1 - alpha) + np.array(MASK_RGB) * alpha
     np.testing.assert_allclose(shown[mask], expected, atol=1)
     np.testing.assert_array_equal(editor_value(image, mask)["composite"], shown)
+
+
+def test_strokes_on_a_zoomed_view_edit_only_that_region_of_the_native_mask() -> None:
+    native = np.zeros((1500, 1500), bool)
+    native[100:200, 100:1400] = True  # a predicted band, partly in view
+    region = view_region(native.shape, "2", (900, 700))  # 750 × 750 at (525, 325), unresampled
+    assert region == Region(525, 325, 750, 750)
+    layer = np.zeros((750, 750, 4), np.uint8)
+    layer[40:44, 10:300] = ADD  # native rows 365:369, columns 535:825
+    layer[:, 700:] = CLEAR  # native columns 1225:1275, all rows in view
+    back = edited_mask(native, _value(layer), region)
+    expected = native.copy()
+    expected[365:369, 535:825] = True
+    expected[325:1075, 1225:1275] = False  # the band is above the view: untouched
+    np.testing.assert_array_equal(back, expected)
+    assert back[100:200, 1225:1275].all()
+
+
+def test_strokes_on_a_downsized_view_cover_whole_native_blocks() -> None:
+    native = np.zeros((1024, 4096), bool)
+    native[500, :] = True  # a hairline, shown on display row 125
+    region = Region.whole(native.shape)
+    shown = render_region(native, region)
+    assert shown.shape == display_shape(native.shape) == (256, 1024) and shown[125].all()
+    layer = np.zeros((256, 1024, 4), np.uint8)
+    layer[125, 0:512] = CLEAR  # wipes the left half of the hairline
+    layer[10, 20] = ADD  # one display pixel: native 4 × 4 block at (80, 40)
+    back = edited_mask(native, _value(layer), region)
+    assert not back[500, :2048].any() and back[500, 2048:].all()
+    assert back[40:44, 80:84].all()
+    assert back.sum() == 2048 + 16
+
+
+def test_a_display_sized_editor_value_round_trips_through_the_component() -> None:
+    """The editor as the page gets it for a zoomed view of a large image: at most the display
+    size, and its strokes come back on the native pixels under them."""
+    native = np.zeros((2048, 2048), bool)
+    rgb = np.random.default_rng(3).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+    region = view_region(native.shape, "4", (300, 1800))
+    shown = render_region(native, region)
+    editor = gr.ImageEditor(type="numpy", format="png", layers=True, transforms=(), sources=())
+    sent = editor.postprocess(editor_value(render_region(rgb, region), shown))
+    received = editor.preprocess(sent)
+    assert received is not None and received["background"].shape[:2] == (512, 512)
+    received["layers"][0][5:7, 50:60] = ADD
+    back = edited_mask(native, received, region)
+    assert region == Region(44, 1536, 512, 512)
+    assert back[1541:1543, 94:104].all() and back.sum() == 20

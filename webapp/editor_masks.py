@@ -10,14 +10,19 @@ The shown mask itself is kept on the server, not in an editor layer: Gradio 6's 
 sizes a layer loaded from the server by the image's bounds at the moment it arrives, and
 drops it when the image has not finished loading, so a mask sent as a layer would be lost
 (and with it every predicted pixel of a correction).
+
+The editor may show only a region of the image, display-sized (see `webapp.display_view`):
+the mask on the server stays at native resolution and the strokes edit only that region,
+each display pixel on the native pixels it covers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
+
+from webapp.display_view import Region, resample_nearest, strokes_to_native
 
 MASK_RGB = (255, 0, 64)  # the defect brush, and the shown mask's tint
 CLEAR_RGB = (0, 170, 255)  # the background brush
@@ -32,12 +37,6 @@ def mask_to_layer(mask: np.ndarray, rgb: tuple[int, int, int] = MASK_RGB) -> np.
     return layer
 
 
-def _resized(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if values.shape[:2] == shape:
-        return values
-    return cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-
-
 def layer_strokes(
     layer: np.ndarray | None, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -49,34 +48,39 @@ def layer_strokes(
     if layer is None:
         return empty, empty.copy()
     if layer.ndim == 2:
-        return _resized((layer > 0).astype(np.uint8), shape).astype(bool), empty
+        return resample_nearest(layer > 0, shape), empty
     painted = layer[..., 3] > 0 if layer.shape[2] == 4 else layer.max(axis=2) > 0
     colour = layer[..., :3].astype(np.int32)
     to_mask = ((colour - MASK_RGB) ** 2).sum(axis=2)
     to_clear = ((colour - CLEAR_RGB) ** 2).sum(axis=2)
     clear = painted & (to_clear < to_mask)
     add = painted & ~clear
-    return (
-        _resized(add.astype(np.uint8), shape).astype(bool),
-        _resized(clear.astype(np.uint8), shape).astype(bool),
-    )
+    return resample_nearest(add, shape), resample_nearest(clear, shape)
 
 
-def edited_mask(shown: np.ndarray | None, value: dict[str, Any] | None) -> np.ndarray:
+def edited_mask(
+    shown: np.ndarray | None, value: dict[str, Any] | None, region: Region | None = None
+) -> np.ndarray:
     """The mask after the reviewer's strokes: (shown ∪ defect strokes) − background strokes.
 
-    `shown` is the mask the editor was opened with (None: an empty one of the editor's
-    background size)."""
+    `shown` is the mask the editor was opened with, at native resolution (None: an empty one
+    of the editor's background size); `region` is the part of it the editor showed (None:
+    all of it), whatever size the editor showed it at."""
     if shown is None:
         background = (value or {}).get("background")
         if background is None:
             raise ValueError("the editor holds no image")
         shown = np.zeros(background.shape[:2], dtype=bool)
     mask = shown.astype(bool).copy()
+    region = region if region is not None else Region.whole(mask.shape)
     for layer in (value or {}).get("layers") or []:
-        add, clear = layer_strokes(layer, mask.shape)
-        mask |= add
-        mask &= ~clear
+        if layer is None:
+            continue
+        add, clear = layer_strokes(layer, layer.shape[:2])
+        if add.any():
+            mask |= strokes_to_native(add, region, mask.shape)
+        if clear.any():
+            mask &= ~strokes_to_native(clear, region, mask.shape)
     return mask
 
 

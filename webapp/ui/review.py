@@ -3,10 +3,16 @@
 Every save carries the image state it was shown with; when someone else changed the image
 meanwhile the save is refused, the editor keeps the reviewer's mask, and a second save
 (now based on the newer state) replaces it deliberately.
+
+Large images are shown through a view (`webapp.display_view`): the editor and the overlay
+get the region in view at most 1024 px a side, the server keeps the native mask and
+heatmap, and a zoom or pan first folds the editor's strokes into the native mask.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import gradio as gr
@@ -17,6 +23,17 @@ from model.visualize import overlay as render_overlay
 from storage.errors import StorageError
 from storage.review_queue import SaveConflict
 from storage.schema import CorrectionAction, User
+from webapp.display_view import (
+    FIT,
+    ZOOM_CHOICES,
+    Region,
+    View,
+    display_shape,
+    display_to_native,
+    overview_to_native,
+    render_overview,
+    render_region,
+)
 from webapp.editor_masks import BRUSH_COLORS, edited_mask, editor_value
 from webapp.permissions import Permission, PermissionDenied, allowed
 from webapp.review_order import DEFAULT_STRATEGY, STRATEGIES
@@ -30,8 +47,22 @@ ACTIONS = (
     ("Defect-free (D)", "btn-defect-free", CorrectionAction.defect_free),
     ("Skip (K)", "btn-skip", CorrectionAction.skipped),
 )
+
+RefineClick = tuple[float, float, bool]  # (x, y) in native image pixels, positive?
+
+
+@dataclass(frozen=True)
+class OnScreen:
+    """How the current image is shown besides its masks: the view (zoom and centre) and the
+    refine clicks so far (native pixels). One state for both, because placing a click on the
+    overlay needs the view; both start afresh with each image."""
+
+    view: View = field(default_factory=View)
+    clicks: tuple[RefineClick, ...] = ()
+
+
 # editor, mask to show, overlay, info, history, earlier, earlier mask, state, accept button,
-# anomaly map (second opinion)
+# anomaly map (second opinion), on-screen state, heatmap, zoom, overview
 EMPTY = (
     None,
     None,
@@ -43,6 +74,10 @@ EMPTY = (
     None,
     gr.update(),
     gr.update(value=None, visible=False),
+    OnScreen(),
+    None,
+    FIT,
+    None,
 )
 
 
@@ -55,11 +90,45 @@ def anomaly_note(anomaly: dict[str, Any]) -> str:
     return f"anomaly score **{anomaly['score']:.2f}** ({source})"
 
 
+def region_of(mask: np.ndarray | None, screen: OnScreen | None) -> Region | None:
+    """The native region the editor shows of `mask` (None without a mask)."""
+    return None if mask is None else (screen or OnScreen()).view.region(mask.shape)
+
+
+def view_images(
+    rgb: np.ndarray, mask: np.ndarray, heat: np.ndarray, view: View, opacity: float
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The editor value, overlay and overview of `view`, all display-sized."""
+    region = view.region(mask.shape)
+    image, shown = render_region(rgb, region), render_region(mask, region)
+    overlay = render_overlay(image, render_region(heat, region), shown, opacity=opacity)
+    return editor_value(image, shown), overlay, render_overview(rgb, region)
+
+
+def view_overlay(
+    rgb: np.ndarray, mask: np.ndarray, heat: np.ndarray, view: View, opacity: float
+) -> np.ndarray:
+    """The overlay of `view` alone (a new heatmap opacity changes nothing else)."""
+    region = view.region(mask.shape)
+    shown = render_region(mask, region)
+    heat_shown = render_region(heat, region)
+    return render_overlay(render_region(rgb, region), heat_shown, shown, opacity=opacity)
+
+
 def build_review(services: Services, page: gr.Blocks) -> None:
     """Lay out the Review tab inside the current `gr.Tab` and wire its events."""
 
-    def render(image_id: int, opacity: float, clicks: list, user: User | None) -> tuple:  # type: ignore[type-arg]
+    @lru_cache(maxsize=4)
+    def image_rgb(image_id: int) -> np.ndarray:
+        """Decoded once for its zooms and pans (decoding a 4096² PNG costs more than the
+        rest of one); an image's pixels never change, so the cache needs no invalidation."""
         rgb = services.image_rgb(image_id)
+        rgb.setflags(write=False)  # shared between calls
+        return rgb
+
+    def render(image_id: int, opacity: float, screen: OnScreen, user: User | None) -> tuple:  # type: ignore[type-arg]
+        rgb = image_rgb(image_id)
+        clicks = screen.clicks
         view = services.image_view(image_id)
         pred = view["prediction"]
         anomaly = view["anomaly"]
@@ -95,7 +164,10 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         # Beside the model's overlay, the anomaly map is a second opinion.
         second = None
         if anomaly_heat is not None and heat is not anomaly_heat:
-            second = render_overlay(rgb, anomaly_heat, None, opacity=opacity)
+            whole = Region.whole(rgb.shape)
+            second = render_overlay(
+                render_region(rgb, whole), render_region(anomaly_heat, whole), opacity=opacity
+            )
         info = (
             f"**Image {image_id}** ({view['width']}×{view['height']} {view['format']}, "
             f"{view['status']}) · {model} · link: `?image={image_id}`"
@@ -103,10 +175,11 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         rows = history_rows(services.history(image_id))
         choices = [(f"#{row[0]} {row[2]} by {row[1]}", row[0]) for row in rows]
         can_accept = pred is not None and allowed(user, Permission.review)
+        editor_img, overlay, overview = view_images(rgb, mask, heat, screen.view, opacity)
         return (
-            editor_value(rgb, mask),
+            editor_img,
             mask,
-            render_overlay(rgb, heat, mask, opacity=opacity),
+            overlay,
             info,
             rows,
             gr.update(choices=choices, value=None),
@@ -114,12 +187,21 @@ def build_review(services: Services, page: gr.Blocks) -> None:
             view["state"],
             gr.update(interactive=can_accept),
             gr.update(value=second, visible=second is not None),
+            screen,
+            heat,
+            screen.view.zoom,
+            overview,
         )
+
+    def refine_outputs(out: tuple) -> tuple:  # type: ignore[type-arg]
+        """`render`'s outputs for `refine_out`."""
+        editor_img, mask, overlay, *_, screen, heat, _zoom, overview = out
+        return editor_img, mask, overlay, screen, heat, overview
 
     def show(image_id: int | None, opacity: float, user: User | None) -> tuple:  # type: ignore[type-arg]
         if image_id is None:
-            return (*EMPTY, [])
-        return (*render(image_id, opacity, [], user), [])
+            return EMPTY
+        return render(image_id, opacity, OnScreen(), user)
 
     def next_image(order: str, opacity: float, request: gr.Request) -> tuple:  # type: ignore[type-arg]
         user = signed_in(services, request)
@@ -144,17 +226,20 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         return next_image(order, opacity, request)
 
     def act(action: CorrectionAction):  # type: ignore[no-untyped-def]
-        def handler(image_id, state, shown_mask, value, note, order, opacity, request: gr.Request):  # type: ignore[no-untyped-def]
+        def handler(  # type: ignore[no-untyped-def]
+            image_id, state, shown_mask, screen, value, note, order, opacity, request: gr.Request
+        ):
             if image_id is None:
-                return (image_id, *EMPTY, [], counts_line(services), "Nothing to save.")
+                return (image_id, *EMPTY, counts_line(services), "Nothing to save.")
             user = signed_in(services, request)
             keep = (gr.update(),) * 7  # editor, shown mask, overlay, info, history, earlier (2)
+            after = (gr.update(),) * 6  # accept, anomaly map, on screen, heatmap, zoom, overview
             try:
                 if user is None:
                     raise PermissionDenied("sign in to save corrections")
                 mask = None
                 if action is CorrectionAction.corrected:
-                    mask = edited_mask(shown_mask, value)
+                    mask = edited_mask(shown_mask, value, region_of(shown_mask, screen))
                 cid = services.save_correction(
                     image_id,
                     user,
@@ -169,9 +254,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                     image_id,
                     *keep,
                     exc.current.token,
-                    gr.update(),
-                    gr.update(),
-                    gr.update(),
+                    *after,
                     counts_line(services),
                     f"⚠ {exc}. Your mask is still in the editor: save again to replace the "
                     "newer version, or take the next image.",
@@ -181,9 +264,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                     image_id,
                     *keep,
                     state,
-                    gr.update(),
-                    gr.update(),
-                    gr.update(),
+                    *after,
                     counts_line(services),
                     f"⚠ {exc}",
                 )
@@ -195,40 +276,65 @@ def build_review(services: Services, page: gr.Blocks) -> None:
 
         return handler
 
-    def add_click(image_id, clicks, polarity, opacity, evt: gr.SelectData, request: gr.Request):  # type: ignore[no-untyped-def]
+    def add_click(image_id, screen, polarity, opacity, evt: gr.SelectData, request: gr.Request):  # type: ignore[no-untyped-def]
         if image_id is None:
-            return (gr.update(), gr.update(), gr.update(), clicks)
-        x, y = evt.index
-        clicks = [*clicks, (float(x), float(y), polarity.startswith("defect"))]
-        editor_img, mask, overlay_img, *_ = render(
-            image_id, opacity, clicks, signed_in(services, request)
-        )
-        return editor_img, mask, overlay_img, clicks
+            return (gr.update(),) * 6
+        screen = screen or OnScreen()
+        region = screen.view.region(image_rgb(image_id).shape)
+        x, y = display_to_native(tuple(evt.index), region, display_shape(region.shape))
+        screen = replace(screen, clicks=(*screen.clicks, (x, y, polarity.startswith("defect"))))
+        return refine_outputs(render(image_id, opacity, screen, signed_in(services, request)))
 
-    def restyle(image_id, opacity, clicks, request: gr.Request):  # type: ignore[no-untyped-def]
-        if image_id is None:
+    def restyle(image_id, shown_mask, screen, heat, opacity):  # type: ignore[no-untyped-def]
+        if image_id is None or shown_mask is None or heat is None:
             return gr.update()
-        return render(image_id, opacity, clicks, signed_in(services, request))[2]
+        view = (screen or OnScreen()).view
+        return view_overlay(image_rgb(image_id), shown_mask, heat, view, opacity)
 
-    def clear(image_id, opacity, request: gr.Request):  # type: ignore[no-untyped-def]
+    def clear(image_id, screen, opacity, request: gr.Request):  # type: ignore[no-untyped-def]
         if image_id is None:
-            return gr.update(), gr.update(), gr.update(), []
-        editor_img, mask, overlay_img, *_ = render(
-            image_id, opacity, [], signed_in(services, request)
-        )
-        return editor_img, mask, overlay_img, []
+            return (gr.update(),) * 6
+        screen = OnScreen(view=(screen or OnScreen()).view)
+        return refine_outputs(render(image_id, opacity, screen, signed_in(services, request)))
+
+    def refocus(image_id, shown_mask, screen, heat, value, view: View, opacity):  # type: ignore[no-untyped-def]
+        """Show `view`: the strokes drawn on the old view go into the native mask first."""
+        if image_id is None or shown_mask is None:
+            return (gr.update(),) * 5 + (FIT,)
+        screen = screen or OnScreen()
+        mask = edited_mask(shown_mask, value, region_of(shown_mask, screen))
+        heat = heat if heat is not None else np.zeros(mask.shape, np.float32)
+        editor_img, overlay, overview = view_images(image_rgb(image_id), mask, heat, view, opacity)
+        screen = replace(screen, view=view)
+        return editor_img, mask, overlay, overview, screen, view.zoom
+
+    def zoom_to(image_id, shown_mask, screen, heat, value, zoom, opacity):  # type: ignore[no-untyped-def]
+        centre = (screen or OnScreen()).view.centre
+        return refocus(image_id, shown_mask, screen, heat, value, View(zoom, centre), opacity)
+
+    def pan_to(image_id, shown_mask, screen, heat, value, opacity, evt: gr.SelectData):  # type: ignore[no-untyped-def]
+        """Centre the view on the overview's clicked point; from Fit, zoom in 2× there."""
+        if shown_mask is None:
+            return refocus(image_id, shown_mask, screen, heat, value, View(), opacity)
+        zoom = (screen or OnScreen()).view.zoom
+        centre = overview_to_native(tuple(evt.index), shown_mask.shape)
+        view = View("2" if zoom == FIT else zoom, centre)
+        return refocus(image_id, shown_mask, screen, heat, value, view, opacity)
 
     def earlier_mask(correction_id: int | None, image_id: int | None) -> Any:
         if correction_id is None or image_id is None:
             return None
         mask = services.correction_mask(image_id, correction_id)
-        return None if mask is None else mask.astype(np.uint8) * 255
+        if mask is None:
+            return None
+        return render_region(mask, Region.whole(mask.shape)).astype(np.uint8) * 255
 
     # ------------------------------------------------------------------ layout
     current = gr.State(None)
-    shown = gr.State(None)  # the mask the editor was opened with: strokes edit it
+    shown = gr.State(None)  # the native mask the editor was opened with: strokes edit it
     state = gr.State(None)  # the image state the shown masks belong to
-    clicks = gr.State([])
+    screen = gr.State(OnScreen())  # the view (zoom, centre) and refine clicks
+    heat = gr.State(None)  # the native heatmap of the overlay, for re-rendering a view
     with gr.Row():
         order = gr.Radio(
             [(s.label, s.name) for s in STRATEGIES.values()],
@@ -257,6 +363,22 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                 elem_id="mask-editor",
                 height=560,
             )
+            with gr.Row(elem_id="view-controls"):
+                zoom = gr.Radio(
+                    list(ZOOM_CHOICES),
+                    value=FIT,
+                    label="Zoom (strokes so far are kept)",
+                    elem_id="zoom",
+                    scale=3,
+                )
+                overview = gr.Image(
+                    label="Overview — click to centre the view",
+                    interactive=False,
+                    elem_id="overview",
+                    height=200,
+                    buttons=[],  # the whole picture is the click target
+                    scale=2,
+                )
         with gr.Column(scale=2):
             overlay_img = gr.Image(
                 label="Heatmap overlay — click to refine", interactive=False, elem_id="overlay"
@@ -312,7 +434,10 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         state,
         accept_btn,
         anomaly_img,
-        clicks,
+        screen,
+        heat,
+        zoom,
+        overview,
         counts_md,
         status_md,
     ]
@@ -321,12 +446,22 @@ def build_review(services: Services, page: gr.Blocks) -> None:
     for button, action in buttons:
         button.click(
             act(action),
-            [current, state, shown, editor, note, order, opacity],
+            [current, state, shown, screen, editor, note, order, opacity],
             review_out,
             api_name=action.value,
         )
-    refine_out = [editor, shown, overlay_img, clicks]
-    overlay_img.select(add_click, [current, clicks, polarity, opacity], refine_out)
-    opacity.release(restyle, [current, opacity, clicks], overlay_img)
-    clear_btn.click(clear, [current, opacity], refine_out)
+    refine_out = [editor, shown, overlay_img, screen, heat, overview]
+    # The inputs of the overlay's select are part of its API (tests fire it by position).
+    overlay_img.select(add_click, [current, screen, polarity, opacity], refine_out)
+    opacity.release(restyle, [current, shown, screen, heat, opacity], overlay_img)
+    clear_btn.click(clear, [current, screen, opacity], refine_out)
+    view_out = [editor, shown, overlay_img, overview, screen, zoom]
+    view_in = [current, shown, screen, heat, editor]
+    # No progress overlay: Gradio 6.31's editor can leave its status "processing" for good
+    # when a new value arrives while it still handles the last one, and the overlay would
+    # then hide the canvas (seen with large images in Chromium).
+    zoom.input(
+        zoom_to, [*view_in, zoom, opacity], view_out, api_name="zoom", show_progress="hidden"
+    )
+    overview.select(pan_to, [*view_in, opacity], view_out, show_progress="hidden")
     earlier.change(earlier_mask, [earlier, current], earlier_img)
