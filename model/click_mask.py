@@ -19,7 +19,7 @@ import numpy as np
 
 from model.images import resize_to
 
-WORK_SIDE = 512  # GrabCut runs on at most this many pixels a side, then is scaled back
+WORK_SIDE = 512  # GrabCut runs on at most this many pixels a side: the window of a click
 ITERATIONS = 5
 SURE_BACKGROUND = 0.1  # heatmap below this: certain background (0.5 is the threshold)
 LIKELY_BACKGROUND = 0.25
@@ -49,6 +49,20 @@ def _component(mask: np.ndarray, at: tuple[int, int]) -> np.ndarray:
     return labels == labels[at]
 
 
+def _window(shape: tuple[int, int], row: int, col: int) -> tuple[slice, slice]:
+    """The `WORK_SIDE` window of an image larger than that, centred on (row, col) and kept
+    inside the image: a click on a large image is proposed from the pixels around it at
+    their own resolution, so a hairline stays as thin as the camera drew it."""
+
+    def span(centre: int, length: int) -> slice:
+        if length <= WORK_SIDE:
+            return slice(0, length)
+        start = min(max(0, centre - WORK_SIDE // 2), length - WORK_SIDE)
+        return slice(start, start + WORK_SIDE)
+
+    return span(row, shape[0]), span(col, shape[1])
+
+
 def _proposal(
     image: np.ndarray,
     click: tuple[float, float],
@@ -58,6 +72,36 @@ def _proposal(
 ) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB (H, W, 3) image, got shape {image.shape}")
+    shape = image.shape[:2]
+    row, col = _check_click(shape, click)
+    if max(shape) <= WORK_SIDE:
+        return _window_proposal(image, click, heatmap, max_fraction, background)
+    rows, cols = _window(shape, row, col)
+    heat = None if heatmap is None else resize_to(np.asarray(heatmap, np.float32), shape)
+    inside = [
+        (x - cols.start, y - rows.start)
+        for x, y in background
+        if rows.start <= y < rows.stop and cols.start <= x < cols.stop
+    ]
+    region = _window_proposal(
+        image[rows, cols],
+        (click[0] - cols.start, click[1] - rows.start),
+        None if heat is None else heat[rows, cols],
+        max_fraction,
+        inside,
+    )
+    mask = np.zeros(shape, bool)
+    mask[rows, cols] = region
+    return mask
+
+
+def _window_proposal(
+    image: np.ndarray,
+    click: tuple[float, float],
+    heatmap: np.ndarray | None,
+    max_fraction: float,
+    background: Sequence[tuple[float, float]] = (),
+) -> np.ndarray:
     if not 0.0 < max_fraction <= 1.0:
         raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
     shape = image.shape[:2]
@@ -105,8 +149,10 @@ def propose_mask(
     """Boolean (H, W) mask of the defect under an (x, y) click on an RGB uint8 image.
 
     `heatmap` (any size, resized to the image; values in [0, 1], 0.5 at the normality
-    threshold) bounds the proposal; it never covers more than `max_fraction` of the image.
-    Deterministic: OpenCV's random generator is seeded.
+    threshold) bounds the proposal; it never covers more than `max_fraction` of the image,
+    or on an image larger than `WORK_SIDE` of the window of that side around the click
+    (a larger defect takes more than one click). Deterministic: OpenCV's random generator
+    is seeded.
     """
     return _proposal(image, click, heatmap, max_fraction)
 

@@ -109,3 +109,16 @@ def test_large_image_is_proposed_at_its_own_size() -> None:
     mask = propose_mask(big, (100 * 900 / SIZE, 128 * 700 / SIZE))
     assert mask.shape == (700, 900)
     assert iou(mask, truth) >= 0.7
+
+
+def test_a_click_on_a_hairline_in_a_large_image_keeps_it_thin() -> None:
+    rng = np.random.default_rng(0)
+    big = np.clip(rng.normal(170, 4, (3000, 3000, 3)), 0, 255).astype(np.uint8)
+    line = np.zeros((3000, 3000), np.uint8)
+    cv2.line(line, (1200, 2000), (1500, 2100), 1, 2)
+    big[line > 0] = 40
+    mask = propose_mask(big, (1350.0, 2050.0))
+    assert mask.shape == (3000, 3000) and mask[2050, 1350]
+    assert iou(mask, line > 0) >= 0.5  # drawn at native resolution, not 6× coarser
+    ys, xs = np.nonzero(mask)
+    assert ys.max() - ys.min() < 512 and xs.max() - xs.min() < 512  # the click's window
