@@ -74,27 +74,48 @@ class TilePlan:
             yield padded[t.y : t.y + self.tile, t.x : t.x + self.tile]
 
 
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) float32 weights: 1 in the middle, falling linearly to a small positive
-    value over `overlap` pixels at every edge (positive, so a border pixel seen by one tile
-    keeps that tile's value)."""
+def blend_ramp(tile: int, overlap: int) -> np.ndarray:
+    """(tile,) float32 weights along one side: 1 in the middle, falling linearly to a small
+    positive value over `overlap` pixels at both ends (positive, so a border pixel seen by
+    one tile keeps that tile's value)."""
     ramp = np.ones(tile, np.float32)
     if overlap > 0:
         rise = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
         ramp[:overlap] = rise
         ramp[-overlap:] = np.minimum(ramp[-overlap:], rise[::-1])
+    return ramp
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) float32 weights of one tile: the outer product of two ramps."""
+    ramp = blend_ramp(tile, overlap)
     return np.outer(ramp, ramp)
 
 
 class Stitcher:
-    """Accumulates per-tile maps of one image into blended model-space maps."""
+    """Accumulates per-tile maps of one image into blended model-space maps.
+
+    The tiles form a grid and each tile's weight is an outer product of two ramps, so the
+    weight every pixel gathers is the outer product of the ramps' sums along each side:
+    it is computed once from the plan instead of accumulated tile by tile.
+    """
 
     def __init__(self, plan: TilePlan, channels: int) -> None:
         self.plan = plan
         ph, pw = plan.padded_shape
         self._sum = np.zeros((channels, ph, pw), np.float32)
-        self._weight = np.zeros((ph, pw), np.float32)
-        self._window = blend_window(plan.tile, plan.overlap)
+        ramp = blend_ramp(plan.tile, plan.overlap)
+        self._window = np.outer(ramp, ramp)
+        self._side_weights = [
+            self._side(ramp, length, plan.tile, plan.overlap) for length in (ph, pw)
+        ]
+
+    @staticmethod
+    def _side(ramp: np.ndarray, length: int, tile: int, overlap: int) -> np.ndarray:
+        total = np.zeros(length, np.float32)
+        for start in positions(length, tile, overlap):
+            total[start : start + tile] += ramp
+        return total
 
     def add(self, tile: Tile, maps: Sequence[np.ndarray]) -> None:
         """Blend one tile's (tile, tile) maps, one per channel, in at `tile`."""
@@ -102,9 +123,13 @@ class Stitcher:
         rows, cols = slice(tile.y, tile.y + s), slice(tile.x, tile.x + s)
         for c, m in enumerate(maps):
             self._sum[c, rows, cols] += m * self._window
-        self._weight[rows, cols] += self._window
 
     def result(self) -> np.ndarray:
-        """(channels, H, W) blended maps cropped to the image's own model-space shape."""
+        """(channels, H, W) blended maps cropped to the image's own model-space shape
+        (normalised in place: the stitcher is spent afterwards)."""
         h, w = self.plan.shape
-        return self._sum[:, :h, :w] / np.maximum(self._weight[:h, :w], 1e-12)
+        wy, wx = self._side_weights
+        out = self._sum[:, :h, :w]
+        out *= (1.0 / wy[:h])[None, :, None]
+        out *= (1.0 / wx[:w])[None, None, :]
+        return out
