@@ -45,6 +45,8 @@ class CheckpointMeta:
     # Pixel scale the tiles are cut at (1.0: native pixels); None: the whole image squashed
     # into one tile ("fit"), which is also what checkpoints without the key were trained on.
     pixel_scale: float | None = None
+    # Pixels neighbouring tiles share at prediction; None: a quarter tile.
+    tile_overlap: int | None = None
     mask_threshold: float = 0.5
     min_defect_area: int = 0
     # Flips/rotations whose predictions are averaged (the mask rule is calibrated on them).
@@ -83,7 +85,7 @@ class ModelBundle:
     @property
     def geometry(self) -> Geometry:
         """The tile size and pixel scale this model was trained at."""
-        return Geometry(self.meta.input_size, self.meta.pixel_scale)
+        return Geometry(self.meta.input_size, self.meta.pixel_scale, self.meta.tile_overlap)
 
 
 def new_bundle(
@@ -92,9 +94,10 @@ def new_bundle(
     label_sigma: float,
     heads: HeadsConfig | None = None,
     scale: float | None = None,
+    tile_overlap: int | None = None,
 ) -> ModelBundle:
-    """Fresh heads for `encoder` at pixel `scale` (None: fit), initialised from torch's
-    current random state."""
+    """Fresh heads for `encoder` at pixel `scale` (None: fit) and `tile_overlap` (None: a
+    quarter tile), initialised from torch's current random state."""
     config = heads or HeadsConfig()
     meta = CheckpointMeta(
         encoder_id=encoder.encoder_id,
@@ -104,7 +107,9 @@ def new_bundle(
         heads=config.as_dict(),
         label_sigma=label_sigma,
         pixel_scale=scale,
+        tile_overlap=tile_overlap,
     )
+    Geometry(meta.input_size, scale, tile_overlap)  # refuses an overlap of a tile or more
     return ModelBundle(encoder, HeatPromptSAM(encoder, config=config), meta)
 
 

@@ -68,10 +68,16 @@ def scale_label(scale: Scale) -> str:
 
 @dataclass(frozen=True)
 class Geometry:
-    """A model's tile size (the encoder's input side) and pixel scale (None: fit)."""
+    """A model's tile size (the encoder's input side), pixel scale (None: fit) and tile
+    overlap in pixels (None: a quarter tile)."""
 
     tile: int
     scale: Scale = None
+    tile_overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_overlap is not None and not 0 <= self.tile_overlap < self.tile:
+            raise ValueError(f"tile overlap must be in [0, {self.tile}), got {self.tile_overlap}")
 
     @property
     def fit(self) -> bool:
@@ -80,8 +86,8 @@ class Geometry:
     @property
     def overlap(self) -> int:
         """Pixels neighbouring tiles share, so a defect cut by one tile edge is whole in
-        the next tile and the seams blend away."""
-        return self.tile // 4
+        the next tile and the seams blend away; less overlap is fewer tiles (faster)."""
+        return self.tile // 4 if self.tile_overlap is None else self.tile_overlap
 
     def model_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of an image of `shape` in model space."""

@@ -48,6 +48,7 @@ def train_from_folders(
     input_size: int | None = None,
     scale: float | str | None = AUTO,
     tiles_per_image: int = 6,
+    tile_overlap: int | None = None,
     test_time_views: int | None = None,
     cache_dir: Path | None = None,
     patience: int = 15,
@@ -73,7 +74,8 @@ def train_from_folders(
     if chosen == AUTO:
         chosen = choose_scale(image_shapes(samples), enc.input_size)
     assert not isinstance(chosen, str)
-    items = load_samples(samples, Geometry(enc.input_size, chosen), progress=progress)
+    geometry = Geometry(enc.input_size, chosen, tile_overlap)  # bad overlaps fail here
+    items = load_samples(samples, geometry, progress=progress)
     config = TrainConfig(
         epochs=epochs,
         max_minutes=max_minutes,
@@ -91,6 +93,7 @@ def train_from_folders(
         start=enc,
         heads=heads,
         scale=chosen,
+        tile_overlap=tile_overlap,
         out=out,
         val_fraction=val_fraction,
         cache=cache_dir or Path(out).parent / ".feature-cache",

@@ -46,12 +46,17 @@ def fresh_bundle(
     seed: int,
     heads: HeadsConfig | None = None,
     scale: float | None = None,
+    tile_overlap: int | None = None,
 ) -> ModelBundle:
     """Fresh heads for `encoder` at pixel `scale` (None: fit), drawn from `seed` (not from
     whatever ran before)."""
     seed_everything(seed)
     return new_bundle(
-        encoder, label_sigma=label_sigma(encoder.input_size), heads=heads, scale=scale
+        encoder,
+        label_sigma=label_sigma(encoder.input_size),
+        heads=heads,
+        scale=scale,
+        tile_overlap=tile_overlap,
     )
 
 
@@ -79,6 +84,7 @@ def run_training_task(
     val_fraction: float | None = None,
     heads: HeadsConfig | None = None,
     scale: float | None = None,
+    tile_overlap: int | None = None,
     cache: FeatureCache | Path | None = None,
     device: str | torch.device = "auto",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
@@ -94,11 +100,14 @@ def run_training_task(
     `cache` is a cache to share with the caller, or the folder of a cache sized for this
     run (None: memory only). `val_fraction` None: `DEFAULT_VAL_FRACTION`.
     """
-    if isinstance(start, ModelBundle) and (heads is not None or scale is not None):
+    fresh_only = (heads, scale, tile_overlap)
+    if isinstance(start, ModelBundle) and any(v is not None for v in fresh_only):
         raise ValueError("heads and scale configure fresh heads; a bundle has its own")
     encoder = start.encoder if isinstance(start, ModelBundle) else start
     geometry = (
-        start.geometry if isinstance(start, ModelBundle) else Geometry(encoder.input_size, scale)
+        start.geometry
+        if isinstance(start, ModelBundle)
+        else Geometry(encoder.input_size, scale, tile_overlap)
     )
     size = encoder.input_size
     if geometry.fit:
@@ -115,7 +124,9 @@ def run_training_task(
     if isinstance(start, ModelBundle):
         bundle = start
     else:
-        bundle = fresh_bundle(start, seed=config.seed, heads=heads, scale=scale)
+        bundle = fresh_bundle(
+            start, seed=config.seed, heads=heads, scale=scale, tile_overlap=tile_overlap
+        )
     bundle.to(training_device(device))
     if not isinstance(cache, FeatureCache):
         cache = training_cache(cache, config, len(fit) + len(val) * _tiles_per(val, geometry))

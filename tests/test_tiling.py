@@ -173,3 +173,20 @@ def test_validation_of_large_images_is_capped_by_their_tiles() -> None:
     assert {it.defective for it in native} == {True, False}  # both kinds kept
     small = [_item((TILE, TILE), None) for _ in range(10)]
     assert len(capped_sample(small, Geometry(TILE, None), images=8, tiles=100, seed=0)) == 8
+
+
+def test_tile_overlap_is_a_stored_choice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from model.checkpoint import load_bundle, save_checkpoint
+
+    with pytest.raises(ValueError, match="overlap"):
+        Geometry(TILE, 1.0, TILE)
+    torch.manual_seed(0)
+    bundle = new_bundle(
+        build_encoder("effnet_lite0", input_size=TILE), label_sigma=1.0, scale=1.0, tile_overlap=8
+    )
+    loaded = load_bundle(save_checkpoint(tmp_path / "m.pt", bundle))
+    assert loaded.geometry.overlap == 8 and Geometry(TILE, 1.0).overlap == TILE // 4
+    times = StageTimes()
+    image = np.zeros((400, 400, 3), np.uint8)
+    Predictor(loaded, views=["identity"]).predict(image, times=times)
+    assert times.tiles == len(TilePlan((400, 400), TILE, 8)) < len(TilePlan((400, 400), TILE, 16))

@@ -68,6 +68,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="training crops per image larger than a tile (defect-biased)",
     )
     p.add_argument(
+        "--tile-overlap",
+        type=int,
+        help="pixels neighbouring tiles share at prediction (default a quarter tile; "
+        "less is fewer tiles, faster)",
+    )
+    p.add_argument(
         "--test-time-views",
         type=int,
         help="predictions average the first N of 6 flips/rotations (default 6; 1 is fastest)",
@@ -280,6 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         scale=args.scale,
         tiles_per_image=args.tiles_per_image,
         test_time_views=args.test_time_views,
+        tile_overlap=args.tile_overlap,
         cache_dir=args.cache_dir,
     )
     val = result.val_report or {}
