@@ -144,10 +144,6 @@ def split(
     return train, val
 
 
-def _geometry(space: Geometry | int) -> Geometry:
-    return space if isinstance(space, Geometry) else Geometry(space, None)
-
-
 def load_sample(sample: Sample, space: Geometry | int) -> LoadedSample:
     """Read, validate and bring one sample into model space (a bare input size means fit);
     the mask is checked against the image's own size first."""
@@ -157,7 +153,7 @@ def load_sample(sample: Sample, space: Geometry | int) -> LoadedSample:
         mask = read_mask(sample.mask_path, shape=image.shape[:2])
     else:
         mask = np.zeros(image.shape[:2], dtype=bool)
-    geometry = _geometry(space)
+    geometry = Geometry.of(space)
     return LoadedSample(
         sample=sample,
         sha256=sha256_bytes(data),

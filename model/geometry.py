@@ -13,7 +13,7 @@ probability maps and the mask rule's minimum area live in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -61,6 +61,18 @@ def choose_scale(shapes: Iterable[tuple[int, int]], tile: int) -> Scale:
     return None if small else 1.0
 
 
+def resolve_scale(
+    setting: str | float | None, tile: int, shapes: Callable[[], Iterable[tuple[int, int]]]
+) -> Scale:
+    """The pixel scale a setting means: "auto" is decided by `choose_scale` from the (H, W)
+    shapes `shapes()` gives, which is called only then."""
+    chosen = parse_scale(setting)
+    if chosen == AUTO:
+        return choose_scale(shapes(), tile)
+    assert not isinstance(chosen, str)
+    return chosen
+
+
 def scale_label(scale: Scale) -> str:
     """How a scale is written for people: 'fit' or the factor."""
     return FIT if scale is None else f"{scale:g}"
@@ -78,6 +90,11 @@ class Geometry:
     def __post_init__(self) -> None:
         if self.tile_overlap is not None and not 0 <= self.tile_overlap < self.tile:
             raise ValueError(f"tile overlap must be in [0, {self.tile}), got {self.tile_overlap}")
+
+    @classmethod
+    def of(cls, space: Geometry | int) -> Geometry:
+        """`space` itself, or for a bare input size the fit geometry of that tile."""
+        return space if isinstance(space, Geometry) else cls(space, None)
 
     @property
     def fit(self) -> bool:

@@ -21,7 +21,7 @@ from model.checkpoint import load_bundle
 from model.dataset import check_val_fraction, discover, image_shapes, load_samples
 from model.distributed import init_from_environment
 from model.encoders import build_encoder
-from model.geometry import AUTO, Geometry, choose_scale, parse_scale
+from model.geometry import AUTO, Geometry, parse_scale, resolve_scale
 from model.heatprompt_sam import HeadsConfig
 from model.images import read_image
 from model.inference import resolve_device
@@ -71,9 +71,7 @@ def train_from_folders(
     torch_device = training_device(device)
     samples = [s for folder in data for s in discover(folder)]
     enc = build_encoder(encoder, input_size=input_size, sam_checkpoint=sam_checkpoint)
-    if chosen == AUTO:
-        chosen = choose_scale(image_shapes(samples), enc.input_size)
-    assert not isinstance(chosen, str)
+    chosen = resolve_scale(chosen, enc.input_size, lambda: image_shapes(samples))
     geometry = Geometry(enc.input_size, chosen, tile_overlap)  # bad overlaps fail here
     items = load_samples(samples, geometry, progress=progress)
     config = TrainConfig(

@@ -23,8 +23,7 @@ from model.heatprompt_sam import HeadsConfig
 from model.inference import resolve_device
 from model.labels import DEFAULT_SIGMA
 from model.tile_sampling import training_tiles
-from model.tiling import TilePlan
-from model.train import TrainConfig, TrainResult, seed_everything, train
+from model.train import TrainConfig, TrainResult, seed_everything, tiles_in, train
 
 DEFAULT_VAL_FRACTION = 0.2
 # Memory for the cached encoder features of a run: room for every view of every image
@@ -129,15 +128,7 @@ def run_training_task(
         )
     bundle.to(training_device(device))
     if not isinstance(cache, FeatureCache):
-        cache = training_cache(cache, config, len(fit) + len(val) * _tiles_per(val, geometry))
+        cache = training_cache(cache, config, len(fit) + tiles_in(val, geometry))
     return train(
         bundle, fit, val, config, out=out, cache=cache, progress=progress, on_epoch=on_epoch
     )
-
-
-def _tiles_per(items: Sequence[LoadedSample], geometry: Geometry) -> int:
-    """Mean tiles per image of `items` when predicted (for sizing the cache)."""
-    if not items:
-        return 1
-    total = sum(len(TilePlan(it.image.shape[:2], geometry.tile, geometry.overlap)) for it in items)
-    return max(1, round(total / len(items)))

@@ -29,7 +29,7 @@ from model.dataset import GOOD, LoadedSample, Sample
 from model.encoders import FrozenEncoder, build_encoder
 from model.encoders.registry import DEFAULT_ENCODER
 from model.evaluate import evaluate
-from model.geometry import AUTO, Geometry, Scale, choose_scale, parse_scale, scale_label
+from model.geometry import Geometry, Scale, resolve_scale, scale_label
 from model.hashing import sha256_file
 from model.images import decode_image
 from model.training_task import run_training_task, training_cache
@@ -88,7 +88,7 @@ def to_samples(
     """Training samples in the model's space (a bare input size: fit) from stored images
     and corrections, and the images skipped because a blob is missing or no longer matches
     its hash (one damaged file must not cost the whole run)."""
-    geometry = space if isinstance(space, Geometry) else Geometry(space, None)
+    geometry = Geometry.of(space)
     items: list[LoadedSample] = []
     skipped: list[Skipped] = []
     for li in labelled:
@@ -120,12 +120,9 @@ def fresh_scale(
 ) -> Scale:
     """The pixel scale of fresh heads: the setting, with "auto" decided from the sizes of
     the labelled images."""
-    chosen = parse_scale(setting)
-    if chosen == AUTO:
-        shapes = [(li.image.height, li.image.width) for li in labelled]
-        return choose_scale(shapes, encoder.input_size)
-    assert not isinstance(chosen, str)
-    return chosen
+    return resolve_scale(
+        setting, encoder.input_size, lambda: [(li.image.height, li.image.width) for li in labelled]
+    )
 
 
 def _score(report: dict[str, Any]) -> float:
