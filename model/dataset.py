@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -43,6 +43,10 @@ class LoadedSample:
     sha256: str
     image: np.ndarray  # uint8 (H, W, 3)
     mask: np.ndarray  # bool (H, W)
+    # Defect types (`model.region_types`): uint8 codes beside the mask and their names;
+    # None: every region has the sample's own type (its folder), or none for "defect".
+    types: np.ndarray | None = None
+    type_names: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def defect_type(self) -> str:

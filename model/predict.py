@@ -11,7 +11,7 @@ on the stitched map and the outputs are returned at the image's own size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from model.geometry import Geometry
 from model.hashing import sha256_bytes
 from model.images import resize_to
 from model.inference import defect_score, encode_images, run_heads, uncertainty
+from model.region_types import UNSPECIFIED, RegionType, label_regions
 from model.stage_times import StageTimes
 from model.tiled_prediction import ImageMaps, predict_maps, tile_at, tile_key
 from model.tiling import TilePlan
@@ -37,6 +38,11 @@ class Prediction:
     defect_score: float
     uncertainty: float
     threshold: float
+    # Connected regions of `mask` (int32, 0 background, region i is label i + 1) and the
+    # type of each (`model.region_types`); a model without a type head calls them all
+    # "unspecified".
+    labels: np.ndarray | None = None
+    regions: list[RegionType] = field(default_factory=list)
 
     @property
     def is_defective(self) -> bool:
@@ -177,10 +183,14 @@ class Predictor:
         mask = prob_full > self.threshold
         if not self.rule.passes_area(prob):  # area judged in model space, as calibrated
             mask = np.zeros_like(mask)
+        labels, count = label_regions(mask)
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
         return Prediction(
             heatmap=np.clip(resize_to(maps.heatmap, shape), 0.0, 1.0),
             mask=mask,
             defect_score=defect_score(prob),
             uncertainty=uncertainty(prob, self.threshold),
             threshold=self.threshold,
+            labels=labels,
+            regions=[RegionType(UNSPECIFIED, 0.0, int(a)) for a in areas],
         )
