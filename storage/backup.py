@@ -2,7 +2,8 @@
 
 A backup is a folder:
 
-    manifest.json       format version, database kind, schema revision, counts, time
+    manifest.json       format version, database kind, schema revision, counts, time,
+                        and any blob a row names that the blob store lacked
     database.sqlite3    SQLite: a copy made through SQLite's online backup API
     database.pgdump     PostgreSQL: `pg_dump --format=custom` of the application's schema
     blobs/              the blob store, as it lies on disk (names are sha256s)
@@ -31,6 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
@@ -39,7 +41,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, func, inspec
 from storage.engine import sqlite_url
 from storage.errors import StorageError
 from storage.migrate import MIGRATIONS_DIR
-from storage.schema import ModelVersion, utcnow
+from storage.schema import ModelVersion, blob_columns, utcnow
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -50,6 +52,9 @@ DATA = "data"
 # Bookkeeping, not data: a freshly started app fills them, so they never make a target
 # "non-empty" and are not counted.
 BOOKKEEPING_TABLES = frozenset({"alembic_version", "apscheduler_jobs"})
+# Rows the migrations themselves insert (the "unspecified" defect type): a freshly
+# migrated database holds them and is still empty.
+SEEDED_ROWS = {"defect_types": 1}
 
 
 class BackupError(StorageError):
@@ -70,6 +75,9 @@ class Manifest:
     checkpoints: dict[str, str] = field(default_factory=dict)
     # Referenced checkpoints the backup does not hold (outside the data directory, missing).
     not_included: list[str] = field(default_factory=list)
+    # Blobs rows of the snapshot name that the blob store did not have (damage found
+    # while backing up; everything else is in the backup).
+    missing_blobs: list[str] = field(default_factory=list)
     schema: str | None = None  # PostgreSQL schema the tables live in
     format_version: int = FORMAT_VERSION
 
@@ -128,15 +136,17 @@ def _write_backup(
     kind = engine.dialect.name
     schema = None
     if kind == "sqlite":
-        revision, counts, paths = _sqlite_dump(engine, stage / SQLITE_FILE)
+        described = _sqlite_dump(engine, stage / SQLITE_FILE)
     elif kind == "postgresql":
-        schema, revision, counts, paths = _pg_dump(engine, stage / PG_FILE)
+        schema, described = _pg_dump(engine, stage / PG_FILE)
     else:
         raise BackupError(f"cannot back up a {kind} database (SQLite and PostgreSQL only)")
-    blobs = 0
+    revision, counts, paths, referenced = described
+    copied: set[str] = set()
     for blob in _files(blob_dir):
         _copy(blob, stage / BLOBS / blob.relative_to(blob_dir), sha256=blob.name)
-        blobs += 1
+        copied.add(blob.name)
+    blobs = len(copied)
     out = stage / DATA
     for checkpoint in _files(models_dir):
         _copy(checkpoint, out / checkpoint.relative_to(data_dir))
@@ -160,14 +170,25 @@ def _write_backup(
         data_dir=str(data_dir),
         checkpoints=checkpoints,
         not_included=not_included,
+        missing_blobs=sorted(referenced - copied),
         schema=schema,
     )
     manifest.write(stage)
     return manifest
 
 
-def _describe(conn: Connection) -> tuple[str | None, dict[str, int], list[str]]:
-    """Schema revision, rows per table and checkpoint paths, as `conn` sees them."""
+class Described(NamedTuple):
+    """What a database holds, as one connection sees it."""
+
+    revision: str | None
+    counts: dict[str, int]  # rows per table
+    checkpoints: list[str]  # checkpoint paths of model_versions
+    blobs: set[str]  # blobs its rows name (every column the schema marks as one)
+
+
+def _describe(conn: Connection) -> Described:
+    """Schema revision, rows per table, checkpoint paths and referenced blobs, as `conn`
+    sees them."""
     names = set(inspect(conn).get_table_names())
     revision = None
     if "alembic_version" in names:
@@ -181,10 +202,15 @@ def _describe(conn: Connection) -> tuple[str | None, dict[str, int], list[str]]:
     paths: list[str] = []
     if ModelVersion.__tablename__ in names:
         paths = list(conn.execute(select(ModelVersion.checkpoint_path)).scalars())
-    return revision, counts, paths
+    blobs: set[str] = set()
+    for column in blob_columns():  # those of this snapshot's revision only
+        table = meta.tables.get(column.table.name)
+        if table is not None and column.name in table.c:
+            blobs |= {v for v in conn.execute(select(table.c[column.name])).scalars() if v}
+    return Described(revision, counts, paths, blobs)
 
 
-def _sqlite_dump(engine: Engine, target: Path) -> tuple[str | None, dict[str, int], list[str]]:
+def _sqlite_dump(engine: Engine, target: Path) -> Described:
     raw = engine.raw_connection()
     try:
         copy = sqlite3.connect(target)
@@ -204,9 +230,9 @@ def _sqlite_dump(engine: Engine, target: Path) -> tuple[str | None, dict[str, in
         snapshot.dispose()
 
 
-def _pg_dump(engine: Engine, target: Path) -> tuple[str, str | None, dict[str, int], list[str]]:
-    """pg_dump of the current schema, sharing this transaction's snapshot: the counts
-    and paths read here are exactly those of the dump."""
+def _pg_dump(engine: Engine, target: Path) -> tuple[str, Described]:
+    """pg_dump of the current schema, sharing this transaction's snapshot: the counts,
+    paths and blobs read here are exactly those of the dump."""
     uri, env = _libpq(engine)
     repeatable = engine.execution_options(isolation_level="REPEATABLE READ")
     with repeatable.connect() as conn, conn.begin():
@@ -224,7 +250,7 @@ def _pg_dump(engine: Engine, target: Path) -> tuple[str, str | None, dict[str, i
             ],
             env,
         )
-    return (schema, *described)
+    return schema, described
 
 
 # --------------------------------------------------------------------------- restore
@@ -265,7 +291,7 @@ def restore_backup(
     else:
         _pg_restore(dump, engine, manifest)
     _rewrite_checkpoints(engine, manifest, data_dir)
-    revision, counts, _ = _described(engine)
+    revision, counts, _, _ = _described(engine)
     if (revision, counts) != (manifest.revision, manifest.counts):
         raise BackupError(
             f"restored database does not match {src / MANIFEST}: revision {revision}, "
@@ -299,8 +325,8 @@ def _check_schema(engine: Engine, manifest: Manifest) -> None:
 
 
 def _refuse_non_empty(engine: Engine, blob_dir: Path, models_dir: Path) -> None:
-    _, counts, _ = _described(engine)
-    found = [f"{name}: {n} rows" for name, n in counts.items() if n]
+    counts = _described(engine).counts
+    found = [f"{name}: {n} rows" for name, n in counts.items() if n > SEEDED_ROWS.get(name, 0)]
     blobs = sum(1 for _ in _files(blob_dir))
     if blobs:
         found.append(f"{blobs} blobs in {blob_dir}")
@@ -313,7 +339,7 @@ def _refuse_non_empty(engine: Engine, blob_dir: Path, models_dir: Path) -> None:
         )
 
 
-def _described(engine: Engine) -> tuple[str | None, dict[str, int], list[str]]:
+def _described(engine: Engine) -> Described:
     with engine.connect() as conn:
         return _describe(conn)
 

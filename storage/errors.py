@@ -15,3 +15,7 @@ class InvalidMaskError(StorageError):
 
 class BlobIntegrityError(StorageError):
     """A blob whose bytes no longer match its sha256."""
+
+
+class DuplicateError(StorageError):
+    """A name or key that another row holds already (HTTP 409)."""

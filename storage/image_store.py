@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,16 +13,33 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.blobs import BlobStore
+from storage.defect_types import UNSPECIFIED_ID, known_type_ids
 from storage.errors import NotFoundError, StorageError
-from storage.masks import encode_heatmap, encode_mask, validate_mask
+from storage.masks import (
+    encode_heatmap,
+    encode_mask,
+    encode_type_mask,
+    validate_mask,
+    validate_type_mask,
+)
 from storage.schema import (
-    AnomalyPrediction,
     Correction,
     Image,
     ModelVersion,
+    PredictedRegion,
     Prediction,
     ReviewStatus,
+    blob_columns,
 )
+
+
+@dataclass(frozen=True)
+class RegionRow:
+    """A predicted region as stored: its type id, pixel area and the model's confidence."""
+
+    type_id: int
+    area: int
+    confidence: float
 
 
 @dataclass(frozen=True)
@@ -106,12 +125,20 @@ class ImageStore:
         defect_score: float,
         uncertainty: float,
         model_version_id: int | None,
+        types: np.ndarray | None = None,
+        regions: Sequence[tuple[int, int, float]] = (),
     ) -> int:
-        """Store a model's output for an image (and its uncertainty for the queue)."""
+        """Store a model's output for an image (and its uncertainty for the queue).
+
+        `types` is the predicted type mask (defect_types ids, see `store_type_mask`);
+        `regions` one (type_id, area, confidence) per region of the mask, by label, stored
+        as predicted_regions rows so the queue can be filtered by predicted type."""
         image = self.get_image(image_id)
         mask = validate_mask(mask, width=image.width, height=image.height)
         if heatmap.shape != mask.shape:
             raise StorageError(f"heatmap is {heatmap.shape}, mask is {mask.shape}")
+        rows = self._region_rows(regions)
+        types_sha = self.store_type_mask(types, mask)
         mask_sha = self.blobs.put(encode_mask(mask))
         heat_sha = self.blobs.put(encode_heatmap(heatmap))
         with self.session() as s, s.begin():
@@ -120,13 +147,62 @@ class ImageStore:
                 model_version_id=model_version_id,
                 mask_sha256=mask_sha,
                 heatmap_sha256=heat_sha,
+                types_sha256=types_sha,
                 defect_score=float(defect_score),
                 uncertainty=float(uncertainty),
             )
             s.add(row)
             s.execute(update(Image).where(Image.id == image_id).values(uncertainty=uncertainty))
             s.flush()
+            s.add_all(
+                PredictedRegion(
+                    prediction_id=row.id,
+                    image_id=image_id,
+                    type_id=r.type_id,
+                    area=r.area,
+                    confidence=r.confidence,
+                )
+                for r in rows
+            )
             return row.id
+
+    def _region_rows(self, regions: Sequence[tuple[int, int, float]]) -> list[RegionRow]:
+        """`regions` checked: known type ids, areas of at least 0, finite confidences."""
+        if not regions:
+            return []
+        with self.session() as s:
+            known = known_type_ids(s)
+        rows: list[RegionRow] = []
+        for i, (type_id, area, confidence) in enumerate(regions, start=1):
+            if int(type_id) not in known:
+                raise StorageError(f"region {i}: unknown defect type id {type_id}")
+            if int(area) < 0 or not math.isfinite(float(confidence)):
+                raise StorageError(f"region {i}: area {area}, confidence {confidence} invalid")
+            rows.append(RegionRow(int(type_id), int(area), float(confidence)))
+        return rows
+
+    def store_type_mask(self, types: np.ndarray | None, mask: np.ndarray) -> str | None:
+        """Validate the type mask of `mask` (`storage.masks.validate_type_mask`) and store
+        it; None, and nothing stored, when it says nothing more than "unspecified"
+        everywhere (the meaning of no type mask at all)."""
+        if types is None:
+            return None
+        with self.session() as s:
+            known = known_type_ids(s)
+        codes = validate_type_mask(types, mask, known, unspecified=UNSPECIFIED_ID)
+        if np.all(codes[mask] == UNSPECIFIED_ID):
+            return None
+        return self.blobs.put(encode_type_mask(codes))
+
+    def predicted_regions(self, prediction_id: int) -> list[RegionRow]:
+        """The regions of a prediction by label (1, 2, ...): empty for one stored without."""
+        with self.session() as s:
+            found = s.scalars(
+                select(PredictedRegion)
+                .where(PredictedRegion.prediction_id == prediction_id)
+                .order_by(PredictedRegion.id)
+            )
+            return [RegionRow(r.type_id, r.area, r.confidence) for r in found]
 
     def get_prediction(self, prediction_id: int) -> Prediction:
         with self.session() as s:
@@ -188,13 +264,9 @@ class ImageStore:
             }
 
     def referenced_blobs(self) -> set[str]:
+        """Every blob a row names: the columns the schema marks as blob columns."""
         with self.session() as s:
-            refs: set[str] = set(s.scalars(select(Image.sha256)))
-            refs |= set(s.scalars(select(Prediction.mask_sha256)))
-            refs |= set(s.scalars(select(Prediction.heatmap_sha256)))
-            refs |= {m for m in s.scalars(select(Correction.mask_sha256)) if m}
-            refs |= set(s.scalars(select(AnomalyPrediction.heatmap_sha256)))
-            return refs
+            return {v for column in blob_columns() for v in s.scalars(select(column)) if v}
 
     def collect_garbage(self, *, min_age_s: float = 3600.0) -> int:
         """Delete blobs no row refers to; returns the number removed."""

@@ -1,6 +1,6 @@
 """One database and one blob store, by aggregate: images and predictions, the review
-queue, the model registry, the training-run queue and zero-label anomaly detection,
-sharing one sessionmaker.
+queue, the model registry, the training-run queue, zero-label anomaly detection and the
+defect types, sharing one sessionmaker.
 
 Every write runs in one transaction. Blobs are written before the rows that refer to
 them, so a crash in between leaves an unreferenced blob (reclaimed by
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from storage.anomaly_store import AnomalyStore
 from storage.blobs import BlobStore
+from storage.defect_types import DefectTypeStore
 from storage.engine import make_sessionmaker
 from storage.image_store import ImageStore
 from storage.model_registry import ModelRegistry
@@ -33,6 +34,7 @@ class Repository:
         self.registry = ModelRegistry(self._sessions)
         self.runs = TrainingRunQueue(self._sessions)
         self.anomalies = AnomalyStore(self._sessions, blobs)
+        self.types = DefectTypeStore(self._sessions)
 
     def session(self) -> Session:
         return self._sessions()

@@ -9,11 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Subquery
 
 from storage.blobs import BlobStore
+from storage.defect_types import type_named
 from storage.errors import NotFoundError, StorageError
 from storage.image_store import ImageStore
 from storage.masks import encode_mask, validate_mask
@@ -21,6 +22,7 @@ from storage.schema import (
     Correction,
     CorrectionAction,
     Image,
+    PredictedRegion,
     Prediction,
     ReviewStatus,
     utcnow,
@@ -58,6 +60,28 @@ def newest_labels() -> Subquery:
         .where(Correction.action != CorrectionAction.skipped)
         .group_by(Correction.image_id)
         .subquery()
+    )
+
+
+def _predicted_type(s: Session, defect_type: str | None) -> ColumnElement[bool]:
+    """Images whose newest prediction has a region of `defect_type` (None: every image);
+    StorageError for a name no type has."""
+    if defect_type is None:
+        return true()
+    type_id = type_named(s, defect_type).id
+    newest = (
+        select(func.max(Prediction.id))
+        .where(Prediction.image_id == PredictedRegion.image_id)
+        .scalar_subquery()
+    )
+    return (
+        select(PredictedRegion.id)
+        .where(
+            PredictedRegion.image_id == Image.id,
+            PredictedRegion.prediction_id == newest,
+            PredictedRegion.type_id == type_id,
+        )
+        .exists()
     )
 
 
@@ -116,42 +140,50 @@ class ReviewQueue:
         return self._sessions()
 
     def next_for_review(
-        self, reviewer: str, *, order: Sequence[QueueKey], lease_seconds: float = 600.0
+        self,
+        reviewer: str,
+        *,
+        order: Sequence[QueueKey],
+        lease_seconds: float = 600.0,
+        defect_type: str | None = None,
     ) -> Image | None:
         """Lease the next pending image to `reviewer`; None when the queue is empty.
 
         Two reviewers never hold the same image; an abandoned lease expires after
-        `lease_seconds`. A reviewer asking again gets back the image they hold.
+        `lease_seconds`. A reviewer asking again gets back the image they hold. With
+        `defect_type`, only images whose newest prediction has a region of that type are
+        handed out; a held image of another type is let go, so a reviewer holds one image.
         """
         ordering = _ordering(order)
         for _ in range(10):
             with self.session() as s, s.begin():
                 now = utcnow()
+                of_type = _predicted_type(s, defect_type)
                 free = or_(
                     Image.lease_owner.is_(None),
                     Image.lease_expires_at < now,
                     Image.lease_owner == reviewer,
                 )
-                held = s.scalar(
-                    select(Image)
-                    .where(
-                        Image.status == ReviewStatus.pending,
-                        Image.lease_owner == reviewer,
-                        Image.lease_expires_at >= now,
-                    )
-                    .limit(1)
+                mine = (
+                    Image.status == ReviewStatus.pending,
+                    Image.lease_owner == reviewer,
+                    Image.lease_expires_at >= now,
                 )
+                held = s.scalar(select(Image).where(*mine, of_type).limit(1))
                 if held is not None:
                     held.lease_expires_at = now + timedelta(seconds=lease_seconds)
                     return held
                 candidates = s.scalars(
                     select(Image.id)
-                    .where(Image.status == ReviewStatus.pending, free)
+                    .where(Image.status == ReviewStatus.pending, free, of_type)
                     .order_by(*ordering)
                     .limit(5)
                 ).all()
                 if not candidates:
                     return None
+                s.execute(  # a held image the filter leaves out
+                    update(Image).where(*mine).values(lease_owner=None, lease_expires_at=None)
+                )
                 for image_id in candidates:
                     claimed = s.execute(
                         update(Image)
@@ -165,12 +197,15 @@ class ReviewQueue:
                         return s.get(Image, image_id)
         return None
 
-    def peek_for_review(self, *, order: Sequence[QueueKey]) -> Image | None:
-        """The first pending image in `order` without leasing it (read-only users)."""
+    def peek_for_review(
+        self, *, order: Sequence[QueueKey], defect_type: str | None = None
+    ) -> Image | None:
+        """The first pending image in `order` without leasing it (read-only users); with
+        `defect_type`, the first whose newest prediction has a region of that type."""
         with self.session() as s:
             return s.scalar(
                 select(Image)
-                .where(Image.status == ReviewStatus.pending)
+                .where(Image.status == ReviewStatus.pending, _predicted_type(s, defect_type))
                 .order_by(*_ordering(order))
                 .limit(1)
             )
@@ -196,14 +231,16 @@ class ReviewQueue:
         mask: np.ndarray | None = None,
         based_on: ImageState | None = None,
         note: str | None = None,
+        types: np.ndarray | None = None,
     ) -> int:
         """Append a correction (the newest one is the image's label) in one transaction.
 
-        accepted / corrected need a mask of the image's size; defect_free stores an empty
-        mask; skipped stores none. The reviewer's lease is released. With `based_on`, the
-        save is refused with `SaveConflict` when the image has changed since (a newer
-        prediction or correction); it is always refused while another reviewer holds a
-        live lease on the image.
+        accepted / corrected need a mask of the image's size, and may carry `types`, its
+        type mask (defect_types ids, `ImageStore.store_type_mask`; None: every region
+        "unspecified"); defect_free stores an empty mask; skipped stores none. The
+        reviewer's lease is released. With `based_on`, the save is refused with
+        `SaveConflict` when the image has changed since (a newer prediction or correction);
+        it is always refused while another reviewer holds a live lease on the image.
         """
         try:
             action = CorrectionAction(action)
@@ -211,14 +248,16 @@ class ReviewQueue:
             choices = ", ".join(a.value for a in CorrectionAction)
             raise StorageError(f"unknown action {action!r}; choose one of {choices}") from exc
         image = self._images.get_image(image_id)
-        mask_sha = None
+        mask_sha = types_sha = None
         if action in (CorrectionAction.accepted, CorrectionAction.corrected):
             if mask is None:
                 raise StorageError(f"action {action.value} needs a mask")
-            mask_sha = self.blobs.put(
-                encode_mask(validate_mask(mask, width=image.width, height=image.height))
-            )
-        elif action is CorrectionAction.defect_free:
+            mask = validate_mask(mask, width=image.width, height=image.height)
+            types_sha = self._images.store_type_mask(types, mask)
+            mask_sha = self.blobs.put(encode_mask(mask))
+        elif types is not None and np.any(types):
+            raise StorageError(f"action {action.value} has no regions to give types to")
+        if action is CorrectionAction.defect_free:
             mask_sha = self.blobs.put(encode_mask(np.zeros((image.height, image.width), bool)))
         status = (
             ReviewStatus.skipped if action is CorrectionAction.skipped else ReviewStatus.reviewed
@@ -256,6 +295,7 @@ class ReviewQueue:
                 author=author,
                 action=action,
                 mask_sha256=mask_sha,
+                types_sha256=types_sha,
                 note=note,
             )
             s.add(row)

@@ -32,6 +32,11 @@ NAMING_CONVENTION = {
 }
 
 
+# Marks a column that names a blob of the blob store (`blob_columns`): the garbage
+# collector keeps what they name and the backup checks it holds every one of them.
+BLOB = {"blob": True}
+
+
 def utcnow() -> datetime:
     """Timezone-aware current time in UTC."""
     return datetime.now(timezone.utc)
@@ -84,7 +89,7 @@ class Image(Base):
     __tablename__ = "images"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, info=BLOB)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(16))
@@ -152,17 +157,47 @@ class ModelVersion(Base):
     activated_at: Mapped[datetime | None] = mapped_column()
 
 
+class DefectType(Base):
+    """A class of defect regions. Its id is the pixel value of type masks (so at most 255
+    of them); `key` is the one-character keyboard shortcut of the review editor."""
+
+    __tablename__ = "defect_types"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    color: Mapped[str] = mapped_column(String(7))  # "#rrggbb"
+    key: Mapped[str | None] = mapped_column(String(1), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Prediction(Base):
     __tablename__ = "predictions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
-    mask_sha256: Mapped[str] = mapped_column(String(64))
-    heatmap_sha256: Mapped[str] = mapped_column(String(64))
+    mask_sha256: Mapped[str] = mapped_column(String(64), info=BLOB)
+    heatmap_sha256: Mapped[str] = mapped_column(String(64), info=BLOB)
+    # The predicted type mask (uint8 PNG of defect_types ids); None: all "unspecified".
+    types_sha256: Mapped[str | None] = mapped_column(String(64), info=BLOB)
     defect_score: Mapped[float] = mapped_column(Float)
     uncertainty: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PredictedRegion(Base):
+    """One region of a prediction's mask and the type the model gave it (rows of one
+    prediction in id order are its regions by label, 1, 2, ...): what the review queue
+    filters on."""
+
+    __tablename__ = "predicted_regions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    type_id: Mapped[int] = mapped_column(ForeignKey("defect_types.id"))
+    area: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
 
 
 class Correction(Base):
@@ -173,7 +208,10 @@ class Correction(Base):
     prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id"))
     author: Mapped[str] = mapped_column(String(100))
     action: Mapped[CorrectionAction] = mapped_column(_enum(CorrectionAction, "correction_action"))
-    mask_sha256: Mapped[str | None] = mapped_column(String(64))
+    mask_sha256: Mapped[str | None] = mapped_column(String(64), info=BLOB)
+    # The reviewer's type mask (uint8 PNG of defect_types ids); None: every region of the
+    # mask is "unspecified", which is how corrections older than defect types read.
+    types_sha256: Mapped[str | None] = mapped_column(String(64), info=BLOB)
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -239,6 +277,16 @@ class AnomalyPrediction(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
     normality_model_id: Mapped[int] = mapped_column(ForeignKey("normality_models.id"))
-    heatmap_sha256: Mapped[str] = mapped_column(String(64))
+    heatmap_sha256: Mapped[str] = mapped_column(String(64), info=BLOB)
     score: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def blob_columns() -> list[Any]:
+    """Every column whose value names a blob (marked with `info=BLOB`)."""
+    return [
+        column
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if column.info.get("blob")
+    ]

@@ -18,6 +18,8 @@ TABLES = {
     "promotions",
     "normality_models",
     "anomaly_predictions",
+    "defect_types",
+    "predicted_regions",
 }
 
 
