@@ -1,4 +1,5 @@
-"""Exports of the labelled set: PNG masks, COCO RLE and MVTec-AD layout."""
+"""Exports of the labelled set: PNG masks, COCO RLE and MVTec-AD layout, from corrections
+saved without defect types (typed ones: tests/test_export_types.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from model.region_types import UNSPECIFIED
+from storage.defect_types import UNSPECIFIED_ID
 from storage.repository import Repository
 from webapp.export import export_archive, export_zip
 
@@ -22,6 +25,10 @@ def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _read(zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(zf.read(name))))
 
 
 @pytest.fixture
@@ -66,6 +73,11 @@ def test_coco_rle_decodes_to_the_newest_masks(labelled) -> None:  # type: ignore
             union |= coco_mask.decode(rle).astype(bool)
         assert (union == expected).all()
         assert len(anns) == (2 if expected.any() else 0)
+    # corrections saved without a type mask: every region is the unspecified type
+    assert {a["category_id"] for a in doc["annotations"]} == {UNSPECIFIED_ID}
+    unspecified = {"id": UNSPECIFIED_ID, "name": UNSPECIFIED, "supercategory": "defect"}
+    assert [{k: c[k] for k in unspecified} for c in doc["categories"]] == [unspecified]
+    assert set(doc) == {"info", "images", "annotations", "categories"}
 
 
 def test_png_and_mvtec_layouts(labelled) -> None:  # type: ignore[no-untyped-def]
@@ -75,11 +87,18 @@ def test_png_and_mvtec_layouts(labelled) -> None:  # type: ignore[no-untyped-def
         got = np.asarray(Image.open(io.BytesIO(zf.read(f"masks/{defect_id}.png")))) > 0
         assert (got == masks[defect_id]).all()
         assert f"images/{clean_id}.png" in zf.namelist()
+        untyped = _read(zf, f"types/{defect_id}.png")
+        assert (untyped == np.where(masks[defect_id], UNSPECIFIED_ID, 0)).all()
+        assert not _read(zf, f"types/{clean_id}.png").any()
+        table = json.loads(zf.read("types.json"))
+    assert {k: v["name"] for k, v in table.items()} == {str(UNSPECIFIED_ID): UNSPECIFIED}
     with zipfile.ZipFile(io.BytesIO(export_zip(repo, "mvtec")[0])) as zf:
         names = set(zf.namelist())
     assert {
-        f"test/defect/{defect_id}.png",
-        f"ground_truth/defect/{defect_id}_mask.png",
+        f"test/{UNSPECIFIED}/{defect_id}.png",
+        f"ground_truth/{UNSPECIFIED}/{defect_id}_mask.png",
+        f"types/{defect_id}.png",
+        "types.json",
         f"test/good/{clean_id}.png",
     } == names
     with pytest.raises(ValueError, match="export format"):
