@@ -51,6 +51,10 @@ class CheckpointMeta:
     min_defect_area: int = 0
     # Flips/rotations whose predictions are averaged (the mask rule is calibrated on them).
     test_time_views: list[str] = field(default_factory=lambda: ["identity"])
+    # The defect-type head (`model.type_head.TypeHead.as_dict`; None: untyped model) and
+    # the per-type mask rules calibrated for it ({type: {threshold, min_area}}).
+    type_head: dict[str, Any] | None = None
+    type_rules: dict[str, dict[str, float]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
@@ -63,6 +67,19 @@ class CheckpointMeta:
     def mask_rule(self) -> MaskRule:
         """The calibrated rule that turns this model's probabilities into masks."""
         return MaskRule(self.mask_threshold, self.min_defect_area)
+
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        """The types this model can name (empty: untyped)."""
+        return tuple(self.type_head["classes"]) if self.type_head else ()
+
+    @property
+    def type_mask_rules(self) -> dict[str, MaskRule]:
+        """Per-type mask rules (types without one follow the global rule)."""
+        return {
+            name: MaskRule(float(r["threshold"]), int(r["min_area"]))
+            for name, r in self.type_rules.items()
+        }
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 MVTec-AD: `train/good/*`, `test/<type>/*`, `ground_truth/<type>/<stem>_mask.png`.
 Pairs: `images/<stem>.<ext>` and `masks/<stem>.<ext>`; an image with no mask is defect-free.
+A pairs mask in `masks/<type>/` has that type; `types/<stem>.png` (uint8 codes) with
+`types.json` ({code: {"name": …}}) types each region of a mask separately, as the app's
+export writes them.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,18 +24,24 @@ from tqdm import tqdm
 from model.errors import DatasetError
 from model.geometry import Geometry
 from model.hashing import sha256_bytes
-from model.images import IMAGE_EXTENSIONS, decode_image, read_mask
+from model.images import IMAGE_EXTENSIONS, decode_image, read_codes, read_mask
 
 GOOD = "good"
+TYPES_DIR = "types"  # pairs layout: uint8 type-code maps beside masks/
+TYPES_JSON = "types.json"  # and the names of their codes
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image on disk, its mask file (None = defect-free) and its defect type."""
+    """One image on disk, its mask file (None = defect-free) and its defect type (the
+    folder it sits in; "defect" when the layout names none)."""
 
     image_path: Path
     mask_path: Path | None
     defect_type: str
+    # A pairs dataset's type-code map (`types/<stem>.png`) and its `types.json` names.
+    types_path: Path | None = None
+    type_names: Mapping[int, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -80,13 +90,41 @@ def _discover_mvtec(root: Path) -> list[Sample]:
     return samples
 
 
+def _pair_masks(masks_dir: Path) -> dict[str, tuple[Path, str]]:
+    """stem → (mask file, type): `masks/<stem>` is untyped ("defect"), `masks/<type>/<stem>`
+    names its type by the folder, as MVTec's `ground_truth/<type>/` does."""
+    if not masks_dir.is_dir():
+        return {}
+    found: dict[str, tuple[Path, str]] = {p.stem: (p, "defect") for p in _images_in(masks_dir)}
+    for type_dir in sorted(d for d in masks_dir.iterdir() if d.is_dir()):
+        for mask in _images_in(type_dir):
+            if mask.stem in found:
+                raise DatasetError(f"{mask}: a second mask for image {mask.stem!r}")
+            found[mask.stem] = (mask, type_dir.name)
+    return found
+
+
+def _type_names(root: Path) -> dict[int, str]:
+    """{code: name} of a pairs dataset's `types.json` ({code: {"name": …}}), {} if none."""
+    path = root / TYPES_JSON
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text())
+        return {int(code): str(entry["name"]) for code, entry in table.items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a table of type codes ({exc})") from exc
+
+
 def _discover_pairs(root: Path) -> list[Sample]:
-    masks_dir = root / "masks"
-    masks = {p.stem: p for p in _images_in(masks_dir)} if masks_dir.is_dir() else {}
+    masks = _pair_masks(root / "masks")
+    names = _type_names(root)
+    typed = {p.stem: p for p in _images_in(root / TYPES_DIR)} if names else {}
     samples = []
     for image in _images_in(root / "images"):
-        mask = masks.get(image.stem)
-        samples.append(Sample(image, mask, "defect" if mask is not None else GOOD))
+        mask, kind = masks.get(image.stem, (None, GOOD))
+        types = typed.get(image.stem) if mask is not None else None
+        samples.append(Sample(image, mask, kind, types, names if types else {}))
     return samples
 
 
@@ -158,11 +196,17 @@ def load_sample(sample: Sample, space: Geometry | int) -> LoadedSample:
     else:
         mask = np.zeros(image.shape[:2], dtype=bool)
     geometry = Geometry.of(space)
+    types = None
+    if sample.types_path is not None:
+        codes = read_codes(sample.types_path, shape=image.shape[:2])
+        types = geometry.codes_to_model(codes)
     return LoadedSample(
         sample=sample,
         sha256=sha256_bytes(data),
         image=geometry.image_to_model(image),
         mask=geometry.mask_to_model(mask),
+        types=types,
+        type_names=dict(sample.type_names),
     )
 
 

@@ -17,7 +17,12 @@ from model.hashing import sha256_bytes
 from model.images import decode_image, read_mask
 from model.metrics import review_score, segmentation_report
 from model.predict import Predictor
+from model.region_types import UNSPECIFIED, label_regions
 from model.tiled_prediction import predict_maps
+from model.type_head import TypeHead
+from model.type_metrics import TypedRegions, TypeTally, type_report
+from model.type_training import UNTYPED, true_regions
+from model.typed_decision import decide_types
 
 
 def predict_probs(
@@ -70,6 +75,35 @@ def best_rule(
     return max(grid, key=score)
 
 
+def _typed_decision(
+    bundle: ModelBundle,
+    items: Sequence[LoadedSample],
+    probs: Sequence[np.ndarray],
+    cache: FeatureCache | None,
+) -> dict[str, Any]:
+    """Segmentation metrics of the typed decision (per-type rules applied) and the type
+    metrics (`model.type_metrics`), to replace the untyped decision's."""
+    head = TypeHead.from_dict(bundle.meta.type_head or {})
+    rules = bundle.meta.type_mask_rules
+    rule = bundle.meta.mask_rule
+    typed = [
+        decide_types(bundle, head, rules, it.image, p, rule.binarize(p), cache=cache)
+        for it, p in zip(items, probs, strict=True)
+    ]
+    seg = segmentation_report(
+        [t.mask.astype(np.float32) for t in typed],
+        [it.mask for it in items],
+        [it.defect_type for it in items],
+        threshold=0.5,
+        with_auroc=False,
+    )
+    types = type_report(
+        [true_regions(it) for it in items], [TypedRegions(t.labels, t.types) for t in typed]
+    )
+    kept = ("miou", "dice", "empty_accuracy", "per_type")
+    return {k: seg[k] for k in kept} | {"types": types}
+
+
 def evaluate(
     bundle: ModelBundle,
     items: Sequence[LoadedSample],
@@ -78,7 +112,10 @@ def evaluate(
     ablation: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Metrics with the heatmap prompt, plus the same with the prompt off (`no_prompt`)."""
+    """Metrics with the heatmap prompt, plus the same with the prompt off (`no_prompt`).
+
+    A typed model's masks are decided per type (its type rules), and the report gains
+    `types`: type accuracy, macro-F1, confusion matrix and per-type pixel IoU / Dice."""
     rule = bundle.meta.mask_rule
     targets = [it.mask for it in items]
     types = [it.defect_type for it in items]
@@ -86,6 +123,8 @@ def evaluate(
     report = segmentation_report(
         probs, targets, types, threshold=rule.threshold, min_area=rule.min_area
     )
+    if bundle.meta.type_head:
+        report.update(_typed_decision(bundle, items, probs, cache))
     report["score"] = review_score(report)
     if ablation:
         off = predict_probs(bundle, items, cache=cache, use_prompt=False, progress=progress)
@@ -112,6 +151,7 @@ def evaluate_native(
     """
     predictor = Predictor(bundle, cache=cache, views=views)
     probs, targets, types = [], [], []
+    tally = TypeTally()
     seconds = 0.0
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
         data = sample.image_path.read_bytes()
@@ -128,8 +168,17 @@ def evaluate_native(
         probs.append(pred.mask.astype(np.float32))
         targets.append(target)
         types.append(sample.defect_type)
+        if pred.labels is not None:
+            labels, count = label_regions(target)
+            name = UNSPECIFIED if sample.defect_type in UNTYPED else sample.defect_type
+            tally.add(
+                TypedRegions(labels, [name] * count),
+                TypedRegions(pred.labels, [r.name for r in pred.regions]),
+            )
     report = segmentation_report(probs, targets, types, threshold=0.5, with_auroc=False)
     report["score"] = review_score(report)
     report["seconds_per_image"] = seconds / max(1, len(samples))
     report["views"] = list(views if views is not None else bundle.meta.test_time_views)
+    if bundle.meta.type_head:
+        report["types"] = tally.report()
     return report

@@ -132,3 +132,11 @@ class Geometry:
             return mask.astype(bool)
         resized = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         return resized >= 0.5
+
+    def codes_to_model(self, codes: np.ndarray) -> np.ndarray:
+        """A uint8 type-code map (`model.region_types`) → model space, nearest neighbour:
+        codes are names, never averaged. Pair it with `mask_to_model` of the same mask."""
+        h, w = self.model_shape(codes.shape[:2])
+        if (h, w) == codes.shape[:2]:
+            return codes.astype(np.uint8)
+        return cv2.resize(codes.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)

@@ -58,20 +58,29 @@ def read_image(path: Path | str) -> np.ndarray:
     return decode_image(data, name=str(path))
 
 
-def read_mask(path: Path | str, *, shape: tuple[int, int]) -> np.ndarray:
-    """Read a defect mask (nonzero = defect) that must have the image's `shape` (H, W)."""
-    path = Path(path)
+def _read_single_channel(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            arr = np.asarray(img.convert("L") if img.mode not in ("L", "1") else img)
+            arr = np.asarray(img.convert("L") if img.mode not in ("L", "1", "P") else img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"{path}: not a readable mask image ({exc})") from exc
+        raise ImageError(f"{path}: not a readable {what} image ({exc})") from exc
     if arr.shape[:2] != tuple(shape):
         raise ImageError(
-            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}"
+            f"{path}: {what} is {arr.shape[1]}x{arr.shape[0]} "
+            f"but its image is {shape[1]}x{shape[0]}"
         )
-    return arr > 0
+    return arr
+
+
+def read_mask(path: Path | str, *, shape: tuple[int, int]) -> np.ndarray:
+    """Read a defect mask (nonzero = defect) that must have the image's `shape` (H, W)."""
+    return _read_single_channel(Path(path), shape, "mask") > 0
+
+
+def read_codes(path: Path | str, *, shape: tuple[int, int]) -> np.ndarray:
+    """Read a uint8 type-code map (pixel values are codes, not intensities) of `shape`."""
+    return _read_single_channel(Path(path), shape, "type map").astype(np.uint8)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -23,10 +23,12 @@ from model.geometry import Geometry
 from model.hashing import sha256_bytes
 from model.images import resize_to
 from model.inference import defect_score, encode_images, run_heads, uncertainty
-from model.region_types import UNSPECIFIED, RegionType, label_regions
+from model.region_types import UNSPECIFIED, RegionType, label_regions, majority_codes
 from model.stage_times import StageTimes
 from model.tiled_prediction import ImageMaps, predict_maps, tile_at, tile_key
 from model.tiling import TilePlan
+from model.type_head import TypeHead
+from model.typed_decision import decide_types
 
 
 @dataclass
@@ -75,6 +77,8 @@ class Predictor:
         self.bundle = bundle
         self.cache = cache if cache is not None else FeatureCache(None, max_memory_bytes=256 << 20)
         self.views = tuple(views) if views is not None else None
+        head = bundle.meta.type_head
+        self.type_head = TypeHead.from_dict(head) if head else None
         if self.views is not None and not self.views:
             raise ValueError("at least one test-time view is needed")
 
@@ -143,7 +147,10 @@ class Predictor:
         for i, image_clicks in enumerate(clicks):
             if image_clicks:
                 self._refine(maps[i], model_images[i], shas[i], image_clicks, images[i].shape[:2])
-        return [self._decide(m, im.shape[:2]) for m, im in zip(maps, images, strict=True)]
+        return [
+            self._decide(m, model_image, im.shape[:2])
+            for m, model_image, im in zip(maps, model_images, images, strict=True)
+        ]
 
     def _refine(
         self,
@@ -176,14 +183,36 @@ class Predictor:
         maps.prob[tile.y : tile.y + h, tile.x : tile.x + w] = one.prob[0][:h, :w]
         maps.heatmap[tile.y : tile.y + h, tile.x : tile.x + w] = one.heatmap[0][:h, :w]
 
-    def _decide(self, maps: ImageMaps, shape: tuple[int, int]) -> Prediction:
-        """The image-level decision on the stitched model-space map, outputs at `shape`."""
+    def _decide(
+        self, maps: ImageMaps, model_image: np.ndarray, shape: tuple[int, int]
+    ) -> Prediction:
+        """The image-level decision on the stitched model-space map, outputs at `shape`:
+        the global mask rule, then (a typed model) each region's type and its type's
+        rule, in model space as calibrated."""
         prob = maps.prob
-        prob_full = resize_to(prob, shape)
-        mask = prob_full > self.threshold
-        if not self.rule.passes_area(prob):  # area judged in model space, as calibrated
-            mask = np.zeros_like(mask)
-        labels, count = label_regions(mask)
+        model_mask = self.rule.binarize(prob)  # area judged in model space, as calibrated
+        if self.type_head is None:
+            mask = resize_to(prob, shape) > self.threshold
+            if not model_mask.any():
+                mask = np.zeros_like(mask)
+            labels, count = label_regions(mask)
+            names, confidences = [UNSPECIFIED] * count, [0.0] * count
+        else:
+            typed = decide_types(
+                self.bundle,
+                self.type_head,
+                self.bundle.meta.type_mask_rules,
+                model_image,
+                prob,
+                model_mask,
+                cache=self.cache,
+            )
+            mask = resize_to(typed.mask.astype(np.float32), shape) > 0.5
+            labels, count = label_regions(mask)
+            source_labels = resize_to(typed.labels, shape, nearest=True).astype(np.int32)
+            sources = majority_codes(labels, count, source_labels)
+            names = [typed.types[k - 1] if k else UNSPECIFIED for k in sources]
+            confidences = [typed.confidences[k - 1] if k else 0.0 for k in sources]
         areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
         return Prediction(
             heatmap=np.clip(resize_to(maps.heatmap, shape), 0.0, 1.0),
@@ -192,5 +221,7 @@ class Predictor:
             uncertainty=uncertainty(prob, self.threshold),
             threshold=self.threshold,
             labels=labels,
-            regions=[RegionType(UNSPECIFIED, 0.0, int(a)) for a in areas],
+            regions=[
+                RegionType(n, c, int(a)) for n, c, a in zip(names, confidences, areas, strict=True)
+            ],
         )

@@ -10,7 +10,7 @@ positions. A region's type is the most common named code inside it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +35,23 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32), int(count) - 1
 
 
+def majority_codes(
+    labels: np.ndarray, count: int, codes: np.ndarray, allowed: Collection[int] | None = None
+) -> list[int]:
+    """The most common nonzero code (among `allowed`, when given) inside each labelled
+    region (index i is label i + 1); 0 for a region with none."""
+    out = [0] * count
+    inside = (labels > 0) & (codes > 0)
+    pairs = Counter(zip(labels[inside].tolist(), codes[inside].tolist(), strict=True))
+    best: dict[int, int] = {}
+    for (label, code), n in pairs.items():
+        if allowed is not None and code not in allowed:
+            continue
+        if n > best.get(label, 0):
+            best[label], out[label - 1] = n, code
+    return out
+
+
 def region_type_names(
     labels: np.ndarray, count: int, codes: np.ndarray | None, names: Mapping[int, str]
 ) -> list[str]:
@@ -42,12 +59,8 @@ def region_type_names(
     code, UNSPECIFIED when it has none."""
     if codes is None or count == 0:
         return [UNSPECIFIED] * count
-    out: list[str] = []
-    for label in range(1, count + 1):
-        inside = codes[labels == label]
-        named = Counter(int(c) for c in inside if int(c) in names and names[int(c)] != UNSPECIFIED)
-        out.append(names[named.most_common(1)[0][0]] if named else UNSPECIFIED)
-    return out
+    named = {c for c, n in names.items() if n != UNSPECIFIED}
+    return [names[c] if c else UNSPECIFIED for c in majority_codes(labels, count, codes, named)]
 
 
 def regions_from_mask(

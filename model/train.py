@@ -44,6 +44,7 @@ from model.labels import skeleton_heatmap
 from model.losses import LossWeights, heatprompt_loss
 from model.metrics import review_score, segmentation_report
 from model.tiling import TilePlan
+from model.type_training import fit_region_types
 
 THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_LR = 3e-3  # peak AdamW rate: 1e-3 → 2e-3 → 3e-3 each learned faster in a budget
@@ -201,8 +202,12 @@ def train(
     cache: FeatureCache | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    type_items: Sequence[LoadedSample] = (),
 ) -> TrainResult:
-    """Train `bundle.heads` in place; the best checkpoint is written atomically to `out`."""
+    """Train `bundle.heads` in place; the best checkpoint is written atomically to `out`.
+
+    `type_items` (whole training images, model space) teach the defect-type head after
+    the heads are trained (`model.type_training`); none or untyped: an untyped model."""
     if not train_items:
         raise ValueError("no training images")
     test_views = tuple(config.test_time_views)
@@ -397,6 +402,19 @@ def train(
             threshold=rule.threshold,
             min_area=rule.min_area,
         )
+    if ctx.is_main:
+        probs_for_types = probs if calib else []
+        types = fit_region_types(
+            bundle,
+            type_items,
+            calib,
+            probs_for_types,
+            cache=cache,
+            seed=config.seed,
+            progress=progress,
+        )
+        if types is not None and best_report is not None:
+            best_report["types"] = types
     bundle.meta.metrics = {"val": best_report, "history": history, "stopped_by": stopped_by}
     if ctx.is_main:
         save_checkpoint(out, bundle)

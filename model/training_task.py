@@ -119,7 +119,7 @@ def run_training_task(
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION
     fit, val = split(items, val_fraction=val_fraction, seed=config.seed)
-    fit = training_tiles(fit, tile=size, per_image=config.tiles_per_image, seed=config.seed)
+    tiles = training_tiles(fit, tile=size, per_image=config.tiles_per_image, seed=config.seed)
     if isinstance(start, ModelBundle):
         bundle = start
     else:
@@ -128,7 +128,15 @@ def run_training_task(
         )
     bundle.to(training_device(device))
     if not isinstance(cache, FeatureCache):
-        cache = training_cache(cache, config, len(fit) + tiles_in(val, geometry))
+        cache = training_cache(cache, config, len(tiles) + tiles_in(val, geometry))
     return train(
-        bundle, fit, val, config, out=out, cache=cache, progress=progress, on_epoch=on_epoch
+        bundle,
+        tiles,
+        val,
+        config,
+        out=out,
+        cache=cache,
+        progress=progress,
+        on_epoch=on_epoch,
+        type_items=fit,
     )

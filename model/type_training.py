@@ -1,0 +1,195 @@
+"""Teaching a model its defect types, after the segmentation heads are trained.
+
+The type head learns from the true regions of the training images (their typed masks, or
+the folder a dataset file sits in), so typing never touches the segmentation weights and
+cannot lower mask quality. Then, on the validation sample the global mask rule was
+calibrated on, each type with enough predicted regions gets its own mask rule where that
+scores better than the global one, and the typed decision is measured.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from model.checkpoint import ModelBundle
+from model.dataset import GOOD, LoadedSample
+from model.decision import MaskRule
+from model.feature_cache import FeatureCache
+from model.metrics import review_score, segmentation_report
+from model.region_features import describe_regions
+from model.region_types import UNSPECIFIED, label_regions, regions_from_mask
+from model.type_head import MIN_REGIONS, TypeHead, fit_type_head
+from model.type_metrics import TypedRegions, type_report
+from model.typed_decision import TypedMask, apply_type_rules, classify_regions
+
+UNTYPED = (GOOD, "defect")  # sample types that name no defect type
+MAX_REGIONS_PER_TYPE = 400  # descriptors per type the head learns from (seeded sample)
+MIN_RULE_REGIONS = 8  # predicted validation regions a type needs for its own mask rule
+TYPE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+TYPE_AREAS_256 = (0, 10, 20, 40, 80)  # per-region minimum areas, in pixels at 256 × 256
+
+
+def true_regions(item: LoadedSample) -> TypedRegions:
+    """The item's labelled regions and their types (model space)."""
+    if item.types is not None:
+        labels, names = regions_from_mask(item.mask, item.types, item.type_names)
+        return TypedRegions(labels, names)
+    labels, count = label_regions(item.mask)
+    name = UNSPECIFIED if item.defect_type in UNTYPED else item.defect_type
+    return TypedRegions(labels, [name] * count)
+
+
+def has_types(items: Sequence[LoadedSample]) -> bool:
+    """Whether any item names a defect type (else a model is trained untyped)."""
+    return any(t != UNSPECIFIED for it in items for t in true_regions(it).types)
+
+
+def _training_regions(items: Sequence[LoadedSample], seed: int) -> list[tuple[int, int, str]]:
+    """(item, label, type) of the typed regions to learn from, at most
+    `MAX_REGIONS_PER_TYPE` per type (a seeded sample)."""
+    by_type: dict[str, list[tuple[int, int, str]]] = {}
+    for k, item in enumerate(items):
+        regions = true_regions(item)
+        for i, name in enumerate(regions.types):
+            if name != UNSPECIFIED:
+                by_type.setdefault(name, []).append((k, i + 1, name))
+    rng = random.Random(seed)
+    chosen: list[tuple[int, int, str]] = []
+    for name in sorted(by_type):
+        group = by_type[name]
+        chosen += (
+            group if len(group) <= MAX_REGIONS_PER_TYPE else rng.sample(group, MAX_REGIONS_PER_TYPE)
+        )
+    return sorted(chosen)
+
+
+def fit_head(
+    bundle: ModelBundle,
+    items: Sequence[LoadedSample],
+    *,
+    cache: FeatureCache | None,
+    seed: int,
+    min_regions: int = MIN_REGIONS,
+    progress: bool = False,
+) -> TypeHead | None:
+    """A type head from the items' true typed regions (None: no type has enough)."""
+    chosen = _training_regions(items, seed)
+    rows, names = [], []
+    by_item: dict[int, list[tuple[int, str]]] = {}
+    for k, label, name in chosen:
+        by_item.setdefault(k, []).append((label, name))
+    for k in tqdm(sorted(by_item), desc="typing regions", unit="img", disable=not progress):
+        labels = true_regions(items[k]).labels
+        wanted = by_item[k]
+        regions = [labels == label for label, _ in wanted]
+        rows.append(describe_regions(bundle, items[k].image, regions, cache=cache))
+        names += [name for _, name in wanted]
+    if not rows:
+        return None
+    return fit_type_head(np.concatenate(rows), names, min_regions=min_regions, seed=seed)
+
+
+def _typed(
+    bundle: ModelBundle,
+    head: TypeHead,
+    items: Sequence[LoadedSample],
+    probs: Sequence[np.ndarray],
+    rule: MaskRule,
+    cache: FeatureCache | None,
+) -> list[TypedMask]:
+    return [
+        classify_regions(bundle, head, it.image, rule.binarize(p), cache=cache)
+        for it, p in zip(items, probs, strict=True)
+    ]
+
+
+def _score(
+    items: Sequence[LoadedSample],
+    probs: Sequence[np.ndarray],
+    typed: Sequence[TypedMask],
+    rules: dict[str, MaskRule],
+    threshold: float,
+) -> float:
+    masks = [
+        apply_type_rules(p, t, rules, threshold).mask for p, t in zip(probs, typed, strict=True)
+    ]
+    report = segmentation_report(
+        [m.astype(np.float32) for m in masks],
+        [it.mask for it in items],
+        [it.defect_type for it in items],
+        threshold=0.5,
+        with_auroc=False,
+    )
+    return review_score(report)
+
+
+def calibrate_type_rules(
+    items: Sequence[LoadedSample],
+    probs: Sequence[np.ndarray],
+    typed: Sequence[TypedMask],
+    rule: MaskRule,
+    input_size: int,
+) -> dict[str, MaskRule]:
+    """Per type with at least `MIN_RULE_REGIONS` predicted regions, the mask rule that
+    scores best on these items with the other types' rules held, kept only where it
+    beats the global rule (types are calibrated one after another, in name order)."""
+    counts: dict[str, int] = {}
+    for t in typed:
+        for name in t.types:
+            counts[name] = counts.get(name, 0) + 1
+    areas = [round(a * (input_size / 256) ** 2) for a in TYPE_AREAS_256]
+    rules: dict[str, MaskRule] = {}
+    best = _score(items, probs, typed, rules, rule.threshold)
+    for name in sorted(n for n, c in counts.items() if c >= MIN_RULE_REGIONS and n != UNSPECIFIED):
+        chosen = None
+        for candidate in (MaskRule(t, a) for t in TYPE_THRESHOLDS for a in areas):
+            score = _score(items, probs, typed, {**rules, name: candidate}, rule.threshold)
+            if score > best + 1e-9:
+                best, chosen = score, candidate
+        if chosen is not None:
+            rules[name] = chosen
+    return rules
+
+
+def fit_region_types(
+    bundle: ModelBundle,
+    train_items: Sequence[LoadedSample],
+    calib_items: Sequence[LoadedSample],
+    calib_probs: Sequence[np.ndarray],
+    *,
+    cache: FeatureCache | None,
+    seed: int,
+    progress: bool = False,
+) -> dict[str, Any] | None:
+    """Fit the type head and per-type rules into `bundle.meta`; the validation type
+    report (None when the data names no types: the model stays untyped)."""
+    meta = bundle.meta
+    meta.type_head, meta.type_rules = None, {}
+    head = fit_head(bundle, train_items, cache=cache, seed=seed, progress=progress)
+    if head is None:
+        return None
+    meta.type_head = head.as_dict()
+    if not calib_items:
+        return None
+    rule = meta.mask_rule
+    typed = _typed(bundle, head, calib_items, calib_probs, rule, cache)
+    rules = calibrate_type_rules(calib_items, calib_probs, typed, rule, bundle.encoder.input_size)
+    meta.type_rules = {
+        n: {"threshold": r.threshold, "min_area": r.min_area} for n, r in rules.items()
+    }
+    final = [
+        apply_type_rules(p, t, rules, rule.threshold)
+        for p, t in zip(calib_probs, typed, strict=True)
+    ]
+    report = type_report(
+        [true_regions(it) for it in calib_items],
+        [TypedRegions(t.labels, t.types) for t in final],
+    )
+    report["classes"] = list(head.classes)
+    report["rules"] = meta.type_rules
+    return report
