@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from model.dataset import GOOD, discover, load_sample
+from model.geometry import Geometry
 from model.region_types import UNSPECIFIED
 from storage.defect_types import UNSPECIFIED_ID
 from storage.repository import Repository
@@ -199,6 +200,20 @@ def test_mvtec_export_has_a_folder_per_type_that_the_loader_reads(
             index = np.asarray(Image.open(tmp_path / "set" / "types" / f"{image_id}.png"))
             np.testing.assert_array_equal(index, labelled.index[image_id])
         assert loaded.mask.any() == labelled.masks[image_id].any()
+
+
+def test_the_loader_reads_the_png_exports_region_types(labelled: Labelled, tmp_path: Path) -> None:
+    with zipfile.ZipFile(export_archive(labelled.repo, "png", tmp_path / "set.zip").path) as zf:
+        zf.extractall(tmp_path / "set")
+    samples = discover(tmp_path / "set")
+    assert {int(s.image_path.stem) for s in samples} == set(labelled.masks)
+    for sample in samples:
+        image_id = int(sample.image_path.stem)
+        loaded = load_sample(sample, Geometry(tile=32, scale=1.0))  # native pixels
+        assert loaded.types is not None and loaded.types.shape == (H, W)
+        assert loaded.type_names == {i: n for n, i in labelled.type_ids.items()}
+        np.testing.assert_array_equal(loaded.types, labelled.index[image_id])
+        assert (loaded.mask == labelled.masks[image_id]).all()
 
 
 def test_a_damaged_type_mask_skips_its_image(labelled: Labelled, tmp_path: Path) -> None:
