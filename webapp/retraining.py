@@ -5,8 +5,10 @@ empty mask; an image whose stored bytes are missing or damaged is skipped and re
 keep the fixed holdout apart, fine-tune from the active checkpoint (or start fresh) with
 the training task the command line uses too, evaluate candidate and active model on the
 same holdout, register the candidate, and promote it only if it is not worse than the
-active model by more than the margin. Progress and loss go to the run's `training_runs`
-row as it trains.
+active model by more than the margin (and, when a per-type margin is set, not worse on any
+one defect type by more than that). Each sample carries its type mask, and counts as its
+most common region type when the training split is stratified. Progress and loss go to
+the run's `training_runs` row as it trains.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import dataclasses
 import logging
 import time
 import traceback
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +36,15 @@ from model.evaluate import evaluate
 from model.geometry import Geometry, Scale, resolve_scale, scale_label
 from model.hashing import sha256_file
 from model.images import decode_image
+from model.region_types import UNSPECIFIED, label_regions, regions_from_mask
 from model.training_task import run_training_task, training_cache
+from storage.defect_types import UNSPECIFIED_ID
 from storage.errors import BlobIntegrityError, NotFoundError
-from storage.masks import decode_mask
+from storage.masks import decode_mask, decode_type_mask
 from storage.repository import Repository
 from storage.review_queue import LabelledImage
 from storage.schema import RunStatus, VersionStatus, utcnow
+from webapp.region_view import region_type_ids
 from webapp.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,9 @@ class RetrainConfig(TrainingSettings):
 
     min_new_corrections: int = Field(default=20, ge=1)
     promotion_margin: float = Field(default=0.01, ge=0)
+    # A candidate whose holdout IoU on any one defect type falls more than this below the
+    # active model's is refused, however good its overall score (None: no per-type gate).
+    type_regression_margin: float | None = Field(default=None, ge=0)
     from_scratch: bool = False
     encoder: str = DEFAULT_ENCODER  # for a fresh start when no model is active yet
     threads: int | None = None
@@ -68,17 +78,53 @@ class Skipped:
     error: str
 
 
-def _load(repo: Repository, li: LabelledImage, geometry: Geometry) -> LoadedSample:
+DEFECT = "defect"  # the type of a sample whose regions are all "unspecified"
+
+
+def sample_type(mask: np.ndarray, types: np.ndarray, names: Mapping[int, str]) -> str:
+    """What a sample counts as when the training split is stratified: its most common
+    named region type; GOOD with no region, DEFECT when every region is unspecified."""
+    _, region_names = regions_from_mask(mask, types, names)
+    named = Counter(n for n in region_names if n != UNSPECIFIED)
+    if named:
+        return named.most_common(1)[0][0]
+    return DEFECT if region_names else GOOD
+
+
+def codes_like(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Resized codes made to agree with the mask resized beside them: 0 outside it, and a
+    mask pixel that nearest-neighbour sampling left at 0 takes its region's main type."""
+    labels, count = label_regions(mask)
+    codes = np.where(mask, codes, 0).astype(np.uint8)
+    lut = np.array([0, *region_type_ids(labels, count, codes)], dtype=np.uint8)
+    return np.where(mask & (codes == 0), lut[labels], codes).astype(np.uint8)
+
+
+def _load(
+    repo: Repository, li: LabelledImage, geometry: Geometry, names: Mapping[int, str]
+) -> LoadedSample:
+    """One labelled image in the model's space, with its type mask: codes are the
+    database's type ids, `names` the defect_types table ({id: name})."""
     rgb = decode_image(repo.blobs.get(li.image.sha256), name=f"image {li.image.id}")
     mask = (
         decode_mask(repo.blobs.get(li.correction.mask_sha256))
         if li.correction.mask_sha256
         else np.zeros(rgb.shape[:2], bool)
     )
-    kind = "defect" if mask.any() else GOOD
-    sample = Sample(Path(f"image-{li.image.id}"), None, kind)
+    types = (mask * UNSPECIFIED_ID).astype(np.uint8)  # no type mask: all unspecified
+    if li.correction.types_sha256:
+        stored = decode_type_mask(repo.blobs.get(li.correction.types_sha256))
+        if stored.shape == mask.shape:
+            types = np.where(mask, np.where(stored > 0, stored, UNSPECIFIED_ID), 0)
+    sample = Sample(Path(f"image-{li.image.id}"), None, sample_type(mask, types, names))
+    model_mask = geometry.mask_to_model(mask)
     return LoadedSample(
-        sample, li.image.sha256, geometry.image_to_model(rgb), geometry.mask_to_model(mask)
+        sample,
+        li.image.sha256,
+        geometry.image_to_model(rgb),
+        model_mask,
+        types=codes_like(geometry.codes_to_model(types.astype(np.uint8)), model_mask),
+        type_names=dict(names),
     )
 
 
@@ -89,11 +135,12 @@ def to_samples(
     and corrections, and the images skipped because a blob is missing or no longer matches
     its hash (one damaged file must not cost the whole run)."""
     geometry = Geometry.of(space)
+    names = {t.id: t.name for t in repo.types.list()}
     items: list[LoadedSample] = []
     skipped: list[Skipped] = []
     for li in labelled:
         try:
-            items.append(_load(repo, li, geometry))
+            items.append(_load(repo, li, geometry, names))
         except (BlobIntegrityError, NotFoundError) as exc:
             skipped.append(Skipped(li.image.id, f"{exc.__class__.__name__}: {exc}"))
     return items, skipped
@@ -235,7 +282,11 @@ def run_retraining(
             "active_holdout": active_report,
         } | skipped_metrics
         promote, why = decide(
-            candidate_report, active_report, active is not None, config.promotion_margin
+            candidate_report,
+            active_report,
+            active is not None,
+            config.promotion_margin,
+            type_margin=config.type_regression_margin,
         )
         version = repo.registry.register_model_version(
             checkpoint_path=str(out),
@@ -284,17 +335,55 @@ def _version_metrics(report: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def decide(
-    candidate: dict[str, Any] | None, active: dict[str, Any] | None, has_active: bool, margin: float
+    candidate: dict[str, Any] | None,
+    active: dict[str, Any] | None,
+    has_active: bool,
+    margin: float,
+    *,
+    type_margin: float | None = None,
 ) -> tuple[bool, str]:
-    """The promotion gate: (promote?, the reason in words)."""
+    """The promotion gate: (promote?, the reason in words). With `type_margin`, a
+    candidate is also refused when its holdout IoU on one defect type (the report's
+    `per_type` breakdown) drops more than that below the active model's: a better average
+    must not hide a type the model has stopped finding."""
     if not has_active:
         return True, "first model: promoted without a holdout comparison"
     if candidate is None or active is None:
         return True, "no holdout images yet: promoted without a comparison"
     c, a = _score(candidate), _score(active)
-    if c >= a - margin:
-        return True, f"promoted: holdout score {c:.4f} vs active {a:.4f} (margin {margin})"
-    return (
-        False,
-        f"rejected: holdout score {c:.4f} is worse than active {a:.4f} by more than {margin}",
-    )
+    if c < a - margin:
+        return (
+            False,
+            f"rejected: holdout score {c:.4f} is worse than active {a:.4f} by more than {margin}",
+        )
+    if type_margin is not None:
+        for name, (c_iou, a_iou) in type_ious(candidate, active).items():
+            if c_iou < a_iou - type_margin:
+                return (
+                    False,
+                    f"rejected: holdout IoU on defect type {name!r} fell to {c_iou:.4f} from "
+                    f"{a_iou:.4f}, more than the per-type margin {type_margin}",
+                )
+    return True, f"promoted: holdout score {c:.4f} vs active {a:.4f} (margin {margin})"
+
+
+def _breakdowns(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A report's per-type IoU tables, best first: the typed decision's pixel IoU per type
+    (`types.per_type`, typed models only), then the segmentation IoU of the holdout images
+    grouped by their type (`per_type`, every report)."""
+    typed = (report.get("types") or {}).get("per_type") or {}
+    return [typed, report.get("per_type") or {}]
+
+
+def type_ious(candidate: dict[str, Any], active: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """{type: (candidate IoU, active IoU)} from the best breakdown both reports have, for
+    the defect types both measured."""
+    for mine, theirs in zip(_breakdowns(candidate), _breakdowns(active), strict=True):
+        out: dict[str, tuple[float, float]] = {}
+        for name, stats in sorted(mine.items()):
+            c_iou, a_iou = stats.get("iou"), (theirs.get(name) or {}).get("iou")
+            if isinstance(c_iou, (int, float)) and isinstance(a_iou, (int, float)):
+                out[name] = (float(c_iou), float(a_iou))
+        if out:
+            return out
+    return {}

@@ -24,16 +24,19 @@ from model.errors import CheckpointError
 from model.geometry import scale_label
 from model.images import decode_image
 from model.predict import Click, Prediction
+from model.region_types import codes_from_regions, label_regions
 from model.visualize import colorize_heatmap
 from storage.accounts import Accounts
+from storage.defect_types import UNSPECIFIED_ID
 from storage.errors import NotFoundError, StorageError
 from storage.image_store import IngestResult
-from storage.masks import decode_heatmap, decode_mask
+from storage.masks import decode_heatmap, decode_mask, decode_type_mask
 from storage.repository import Repository
 from storage.review_queue import ImageState
 from storage.schema import (
     Correction,
     CorrectionAction,
+    DefectType,
     Image,
     ModelVersion,
     Promotion,
@@ -54,6 +57,7 @@ from webapp.ingest import decode_upload
 from webapp.model_server import ModelServer
 from webapp.permissions import Permission, PermissionDenied, allowed, require
 from webapp.prediction_queue import PredictionQueue
+from webapp.region_view import regions_view
 from webapp.review_order import OrderContext, strategy
 from webapp.settings import Settings
 from webapp.views import correction_view
@@ -93,6 +97,25 @@ def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     PILImage.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def type_view(t: DefectType) -> dict[str, Any]:
+    """A defect type as the API and the UI show it."""
+    return {"id": t.id, "name": t.name, "color": t.color, "key": t.key}
+
+
+def _require_admin(user: User | None, verb: str) -> User:
+    """Admins only (the role that manages models manages the type list too)."""
+    if user is None:
+        raise PermissionDenied(f"sign in to {verb}")
+    if not allowed(user, Permission.manage_models):
+        raise PermissionDenied(f"user {user.name!r} is a {user.role.value} and cannot {verb}")
+    return user
+
+
+def _areas(labels: np.ndarray, count: int) -> list[int]:
+    """Pixel area of each labelled region, by label."""
+    return [int(a) for a in np.bincount(labels.ravel(), minlength=count + 1)[1:]]
 
 
 def _pixel_chunks(images: Sequence[Image], max_pixels: int) -> list[list[Image]]:
@@ -260,6 +283,21 @@ class Services:
             self._store_prediction(image.id, pred, version_id)
 
     def _store_prediction(self, image_id: int, pred: Prediction, version_id: int | None) -> None:
+        """Store a prediction with its type mask and one predicted_regions row per region
+        (names the table lacks are added: a model may know types the deployment does not)."""
+        labels = pred.labels
+        if labels is None or labels.shape != pred.mask.shape:  # a model without region output
+            labels, count = label_regions(pred.mask)
+            regions = [(UNSPECIFIED_ID, area, 0.0) for area in _areas(labels, count)]
+        else:
+            ids = self.repo.types.ensure(r.name for r in pred.regions)
+            count = int(labels.max(initial=0))
+            regions = [(ids[r.name], int(r.area), float(r.confidence)) for r in pred.regions]
+            # Labels beyond the model's list of regions stay "unspecified".
+            regions += [(UNSPECIFIED_ID, a, 0.0) for a in _areas(labels, count)[len(regions) :]]
+            regions = regions[:count]
+        codes = codes_from_regions(labels, [type_id for type_id, _, _ in regions])
+        codes[~pred.mask.astype(bool)] = 0  # types only where the mask is
         self.repo.images.add_prediction(
             image_id,
             mask=pred.mask,
@@ -267,6 +305,8 @@ class Services:
             defect_score=pred.defect_score,
             uncertainty=pred.uncertainty,
             model_version_id=version_id,
+            types=codes,
+            regions=regions,
         )
 
     def schedule_prediction(self, image_id: int) -> bool:
@@ -306,6 +346,12 @@ class Services:
         pred = self.repo.images.latest_prediction(image_id)
         history = self.repo.reviews.corrections_for(image_id)
         state = ImageState(pred.id if pred else None, history[-1].id if history else None)
+        names = {t.id: t.name for t in self.repo.types.list()}
+        correction = None
+        if history:
+            correction = correction_view(history[-1]) | {
+                "regions": self._correction_regions(history[-1], names)
+            }
         return {
             "id": image.id,
             "sha256": image.sha256,
@@ -325,10 +371,26 @@ class Services:
                 "defect_score": pred.defect_score,
                 "uncertainty": pred.uncertainty,
                 "created_at": pred.created_at.isoformat(),
+                "regions": self._prediction_regions(pred, names),
             },
-            "correction": None if not history else correction_view(history[-1]),
+            "correction": correction,
             "anomaly": self.anomaly_view(image_id),
         }
+
+    def _prediction_regions(self, pred: Any, names: dict[int, str]) -> list[dict[str, Any]]:
+        mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
+        types = self._types_blob(pred.types_sha256)
+        confidences = [r.confidence for r in self.repo.images.predicted_regions(pred.id)]
+        return regions_view(mask, types, names, confidences)
+
+    def _correction_regions(self, corr: Correction, names: dict[int, str]) -> list[dict[str, Any]]:
+        if corr.mask_sha256 is None:
+            return []
+        mask = decode_mask(self.repo.blobs.get(corr.mask_sha256))
+        return regions_view(mask, self._types_blob(corr.types_sha256), names)
+
+    def _types_blob(self, sha: str | None) -> np.ndarray | None:
+        return None if sha is None else decode_type_mask(self.repo.blobs.get(sha))
 
     def anomaly_view(self, image_id: int) -> dict[str, Any] | None:
         """The image's latest anomaly score and the normality model behind it (None: not
@@ -372,6 +434,33 @@ class Services:
             self.repo.images.get_image(image_id)
             raise NotFoundError(f"image {image_id} has no corrected mask")
         raise ValueError(f"source must be 'prediction' or 'correction', got {source!r}")
+
+    def type_mask(self, image_id: int, source: str = "prediction") -> np.ndarray:
+        """The latest predicted or corrected type mask: uint8 defect-type ids, 0 outside
+        the mask, "unspecified" where the mask is set and no type mask was stored."""
+        sha: str | None
+        if source == "prediction":
+            pred = self.repo.images.latest_prediction(image_id)
+            if pred is None:
+                self.repo.images.get_image(image_id)
+                raise NotFoundError(f"image {image_id} has no prediction yet")
+            mask_sha, sha = pred.mask_sha256, pred.types_sha256
+        elif source == "correction":
+            found = next(
+                (c for c in reversed(self.repo.reviews.corrections_for(image_id)) if c.mask_sha256),
+                None,
+            )
+            if found is None or found.mask_sha256 is None:
+                self.repo.images.get_image(image_id)
+                raise NotFoundError(f"image {image_id} has no corrected mask")
+            mask_sha, sha = found.mask_sha256, found.types_sha256
+        else:
+            raise ValueError(f"source must be 'prediction' or 'correction', got {source!r}")
+        mask = decode_mask(self.repo.blobs.get(mask_sha))
+        types = self._types_blob(sha)
+        if types is None or types.shape != mask.shape:
+            return (mask * UNSPECIFIED_ID).astype(np.uint8)
+        return types
 
     def heatmap(self, image_id: int, source: str = "model") -> np.ndarray:
         """The latest heatmap of the supervised model (`model`) or the normality model
@@ -417,9 +506,11 @@ class Services:
         return self.repo.images.counts()
 
     # ------------------------------------------------------------------ review
-    def next_for_review(self, user: User, order: str) -> int | None:
+    def next_for_review(self, user: User, order: str, defect_type: str | None = None) -> int | None:
         """The next image for `user` in the named order: leased to reviewers, so two never
-        get the same one; only shown (no lease) to read-only users."""
+        get the same one; only shown (no lease) to read-only users. With `defect_type`,
+        only images whose newest prediction has a region of that type (422 for a name no
+        type has)."""
         require(user, Permission.read)
         context = OrderContext(
             model_served=self.models.current is not None,
@@ -428,10 +519,13 @@ class Services:
         keys = strategy(order).keys(context)
         if allowed(user, Permission.review):
             image = self.repo.reviews.next_for_review(
-                user.name, order=keys, lease_seconds=self.settings.lease_seconds
+                user.name,
+                order=keys,
+                lease_seconds=self.settings.lease_seconds,
+                defect_type=defect_type,
             )
         else:
-            image = self.repo.reviews.peek_for_review(order=keys)
+            image = self.repo.reviews.peek_for_review(order=keys, defect_type=defect_type)
         return None if image is None else image.id
 
     def save_correction(
@@ -443,10 +537,13 @@ class Services:
         mask: np.ndarray | None,
         based_on: ImageState | str | None,
         note: str | None = None,
+        types: np.ndarray | None = None,
     ) -> int:
         """Store a reviewer's decision on the state of the image they saw.
 
-        Accept stores the mask of the prediction in `based_on`. A save based on an older
+        `types` is the type mask of `mask` (defect-type ids at the image's size, 0 outside
+        the mask; None: every region "unspecified"). Accept without a mask stores the mask
+        and the type mask of the prediction in `based_on`. A save based on an older
         state (a newer prediction or correction exists) or on an image another reviewer
         holds is refused with `SaveConflict` (409) and stores nothing.
         """
@@ -461,13 +558,42 @@ class Services:
             if pred.image_id != image_id:
                 raise NotFoundError(f"image {image_id} has no prediction {state.prediction_id}")
             mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
+            if types is None:
+                types = self._types_blob(pred.types_sha256)
         correction_id = self.repo.reviews.save_correction(
-            image_id, author=user.name, action=action, mask=mask, based_on=state, note=note
+            image_id,
+            author=user.name,
+            action=action,
+            mask=mask,
+            based_on=state,
+            note=note,
+            types=types,
         )
         if self.anomaly is not None:  # the known-good set may have changed: refit now
             self.anomaly.wake()
         self._after_label()
         return correction_id
+
+    # ------------------------------------------------------------------ defect types
+    def defect_types(self) -> list[dict[str, Any]]:
+        """Every defect type ({id, name, color, key}), "unspecified" first."""
+        return [type_view(t) for t in self.repo.types.list()]
+
+    def add_defect_type(
+        self, user: User | None, name: str, color: str | None = None, key: str | None = None
+    ) -> dict[str, Any]:
+        """A new defect type (admins); DuplicateError (409) for a taken name or key,
+        StorageError (422) for a bad name, colour or key."""
+        _require_admin(user, "manage defect types")
+        return type_view(self.repo.types.add(name, color=color, key=key))
+
+    def update_defect_type(self, user: User | None, type_id: int, **fields: Any) -> dict[str, Any]:
+        """Rename, recolour or re-key a type (admins); `key=None` removes its key."""
+        _require_admin(user, "manage defect types")
+        unknown = sorted(set(fields) - {"name", "color", "key"})
+        if unknown:
+            raise ValueError(f"a defect type has no field {', '.join(unknown)}")
+        return type_view(self.repo.types.update(type_id, **fields))
 
     # ------------------------------------------------------------------ models
     def model_versions(self) -> list[ModelVersion]:
