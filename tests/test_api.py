@@ -43,6 +43,9 @@ def test_openapi_lists_the_paths(running_app: RunningApp) -> None:
     for path in (
         "/api/images",
         "/api/images/{image_id}/mask",
+        "/api/images/{image_id}/types",
+        "/api/types",
+        "/api/types/{type_id}",
         "/api/queue/next",
         "/api/models/{version_id}/activate",
         "/api/health",

@@ -12,9 +12,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
 
 from model.errors import CheckpointError
-from storage.errors import BlobIntegrityError, NotFoundError, StorageError
+from storage.errors import BlobIntegrityError, DuplicateError, NotFoundError, StorageError
+from storage.masks import decode_type_mask, encode_type_mask
 from storage.review_queue import SaveConflict
 from storage.schema import User
 from webapp.ingest import IngestError
@@ -40,6 +42,7 @@ ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
     (PermissionDenied, 403),
     (SaveConflict, 409),
+    (DuplicateError, 409),
     (NoModelError, 503),
     (BlobIntegrityError, 500),
     (CheckpointError, 422),
@@ -56,6 +59,24 @@ def error_response(exc: Exception) -> JSONResponse:
         if isinstance(exc, cls):
             return JSONResponse({"error": str(exc)}, status_code=status)
     return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+class NewDefectType(BaseModel):
+    """POST /api/types: a type's name, and optionally its colour and keyboard key."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    color: str | None = None
+    key: str | None = None
+
+
+class DefectTypeChange(BaseModel):
+    """PATCH /api/types/{id}: the fields to change (`"key": null` removes the key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    color: str | None = None
+    key: str | None = None
 
 
 def read_upload(file: UploadFile, limit: int) -> bytes:
@@ -120,6 +141,18 @@ def build_router(services: Services) -> APIRouter:
         mask = services.mask(image_id, source)
         return Response(png_bytes(mask.astype("uint8") * 255), media_type="image/png")
 
+    @router.get("/images/{image_id}/types", response_class=Response)
+    def get_type_mask(
+        image_id: int,
+        user: Authed,
+        source: str = Query("prediction", pattern="^(prediction|correction)$"),
+    ) -> Response:
+        """The type mask: an 8-bit grayscale PNG whose pixel values are defect-type ids
+        (GET /api/types names them), 0 outside the mask."""
+        return Response(
+            encode_type_mask(services.type_mask(image_id, source)), media_type="image/png"
+        )
+
     @router.get("/images/{image_id}/heatmap", response_class=Response)
     def get_heatmap(
         image_id: int,
@@ -136,27 +169,62 @@ def build_router(services: Services) -> APIRouter:
         action: str = Form(...),
         based_on: str = Form(...),
         mask: UploadFile | None = File(None),
+        types: UploadFile | None = File(None),
         note: str | None = Form(None),
     ) -> dict[str, Any]:
         """Save a decision; `based_on` is the image's `state` as last read (409 when the
-        image changed since, with its current view, so nothing is lost)."""
-        array = None
+        image changed since, with its current view, so nothing is lost). `types` is the
+        mask's type mask: an 8-bit grayscale (or palette-index) PNG of defect-type ids, 0
+        where the mask is background (0 inside it: unspecified)."""
+        array = type_array = None
         if mask is not None:
             array = decode_mask_upload(read_upload(mask, limit), mask.filename or "mask")
+        if types is not None:
+            type_array = decode_type_mask(read_upload(types, limit), types.filename or "types")
         try:
             cid = services.save_correction(
-                image_id, user, action=action, mask=array, based_on=based_on, note=note
+                image_id,
+                user,
+                action=action,
+                mask=array,
+                based_on=based_on,
+                note=note,
+                types=type_array,
             )
         except SaveConflict as exc:
             raise ApiError(409, str(exc), {"current": services.image_view(image_id)}) from exc
         return {"id": cid}
 
     @router.get("/queue/next", response_model=None)
-    def queue_next(user: Authed, order: str = DEFAULT_STRATEGY) -> Response | dict[str, Any]:
-        image_id = services.next_for_review(user, order)
+    def queue_next(
+        user: Authed, order: str = DEFAULT_STRATEGY, defect_type: str | None = None
+    ) -> Response | dict[str, Any]:
+        """The next image to review (204: none); `defect_type` keeps to images whose newest
+        prediction has a region of that type."""
+        image_id = services.next_for_review(user, order, defect_type)
         if image_id is None:
             return Response(status_code=204)
         return services.image_view(image_id)
+
+    @router.get("/types")
+    def list_types(user: Authed) -> list[dict[str, Any]]:
+        """Every defect type: {id, name, color, key}; ids are the values of type masks."""
+        return services.defect_types()
+
+    @router.post("/types", status_code=201)
+    def add_type(body: NewDefectType, user: Authed) -> dict[str, Any]:
+        """A new defect type (admins; 409 when the name or key is taken)."""
+        return services.add_defect_type(user, body.name, color=body.color, key=body.key)
+
+    @router.patch("/types/{type_id}")
+    def change_type(type_id: int, body: DefectTypeChange, user: Authed) -> dict[str, Any]:
+        """Rename, recolour or re-key a defect type (admins)."""
+        fields = body.model_dump(include=body.model_fields_set)
+        if not fields:
+            raise ApiError(422, "nothing to change: give name, color or key")
+        if fields.get("name", "") is None or fields.get("color", "") is None:
+            raise ApiError(422, "name and color cannot be removed, only changed")
+        return services.update_defect_type(user, type_id, **fields)
 
     @router.get("/models")
     def list_models(user: Authed) -> list[dict[str, Any]]:
