@@ -270,6 +270,67 @@ def test_token_days_expiry_and_revocation(sqlite_data_dir: Path, capsys) -> None
     assert "nobody" in _error_line(capsys)
 
 
+# ---------------------------------------------------------------------- defect types
+def test_types_add_and_list_on_the_data_dirs_database(sqlite_data_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    d = ["--data-dir", str(sqlite_data_dir)]
+    assert main(["types", "add", "scratch", "--color", "#FF0000", "--key", "s", *d]) == 0
+    assert capsys.readouterr().out.strip() == "defect type 2 'scratch' added (#ff0000, key s)"
+    assert main(["types", "add", "long stain", *d]) == 0
+    capsys.readouterr()
+    assert main(["types", "list", *d]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["1", "unspecified", "#ffcc00", "0"],
+        ["2", "scratch", "#ff0000", "s"],
+        ["3", "long", "stain", "#e6194b", "-"],  # the first free palette colour
+    ]
+    for argv, fragment in (
+        (["scratch"], "exists already"),
+        (["dent", "--key", "s"], "key 's' is taken by defect type 'scratch'"),
+        (["dent", "--color", "blue"], "#rrggbb"),
+        (["dent", "--key", "ab"], "one printable character"),
+    ):
+        assert main(["types", "add", *argv, *d]) == 2
+        assert fragment in _error_line(capsys)
+    assert main(["types", "list", *d]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3  # nothing stored by the refusals
+
+
+def test_types_use_database_url_like_the_other_commands(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from tests.storage_fixtures import postgres_schema
+
+    with postgres_schema("cli") as url:
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert main(["types", "add", "pit", "--data-dir", str(tmp_path)]) == 0
+        assert "defect type 2 'pit'" in capsys.readouterr().out
+        assert main(["types", "list", "--data-dir", str(tmp_path)]) == 0
+        assert "pit" in capsys.readouterr().out
+        assert not (tmp_path / "heatprompt.db").exists()  # PostgreSQL, not the SQLite file
+
+
+def test_backup_warns_about_a_missing_type_mask(sqlite_data_dir: Path, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from storage.blobs import BlobStore
+    from storage.engine import make_engine, sqlite_url
+    from storage.repository import Repository
+
+    engine = make_engine(sqlite_url(sqlite_data_dir / "heatprompt.db"))
+    repo = Repository(engine, BlobStore(sqlite_data_dir / "blobs"))
+    image_id = repo.images.ingest_image(b"image", width=4, height=3, format="PNG").id
+    mask = np.zeros((3, 4), bool)
+    mask[1, 1:3] = True
+    scratch = repo.types.add("scratch").id
+    repo.reviews.save_correction(
+        image_id, author="ines", action="corrected", mask=mask, types=mask * scratch
+    )
+    sha = repo.reviews.labelled_since(0)[0].correction.types_sha256
+    assert sha is not None
+    repo.blobs.path(sha).unlink()
+    engine.dispose()
+    assert main(["backup", str(tmp_path / "b"), "--data-dir", str(sqlite_data_dir)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: blob {sha} is named by a row but missing" in err
+
+
 # ------------------------------------------------------------------------- bench-image
 @pytest.fixture(scope="module")
 def scaled_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:

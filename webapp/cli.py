@@ -177,6 +177,20 @@ def _add_user(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--data-dir", type=Path)
 
 
+def _add_types(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("types", help="list and add defect types (the classes of mask regions)")
+    tsub = p.add_subparsers(dest="types_command", required=True)
+    add = tsub.add_parser("add", help="add a defect type")
+    add.add_argument("name")
+    add.add_argument("--color", help="display colour #rrggbb (default: the next palette one)")
+    add.add_argument("--key", help="one-character keyboard shortcut in the review editor")
+    add.set_defaults(func=cmd_types_add)
+    ls = tsub.add_parser("list", help="list the defect types: id, name, colour, key")
+    ls.set_defaults(func=cmd_types_list)
+    for q in (add, ls):
+        q.add_argument("--data-dir", type=Path)
+
+
 def _add_backup(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("backup", help="copy database, blobs and checkpoints to a new folder")
     b.add_argument("dest", type=Path, help="backup folder to create")
@@ -249,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_db,
         _add_serve,
         _add_user,
+        _add_types,
         _add_backup,
         _add_worker,
         _add_ingest,
@@ -454,6 +469,37 @@ def cmd_user_revoke_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _defect_types(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    from storage.defect_types import DefectTypeStore
+    from storage.engine import make_sessionmaker
+    from storage.migrate import upgrade
+
+    engine = _engine(data_dir)
+    upgrade(engine)
+    return DefectTypeStore(make_sessionmaker(engine))
+
+
+def cmd_types_add(args: argparse.Namespace) -> int:
+    from storage.errors import StorageError
+
+    try:
+        added = _defect_types(args.data_dir).add(args.name, color=args.color, key=args.key)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from exc
+    key = f", key {added.key}" if added.key else ""
+    print(f"defect type {added.id} {added.name!r} added ({added.color}{key})")
+    return 0
+
+
+def cmd_types_list(args: argparse.Namespace) -> int:
+    """One line per type: id, name, colour and key (ids are the values of type masks)."""
+    types = _defect_types(args.data_dir).list()
+    width = max((len(t.name) for t in types), default=0)
+    for t in types:
+        print(f"{t.id:>3}  {t.name:<{width}}  {t.color}  {t.key or '-'}")
+    return 0
+
+
 def _summary(manifest) -> str:  # type: ignore[no-untyped-def]
     counts = manifest.counts
     shown = ", ".join(
@@ -484,6 +530,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from exc
     for path in manifest.not_included:
         print(f"heatprompt: warning: checkpoint {path} is not in the backup", file=sys.stderr)
+    for sha in manifest.missing_blobs:
+        print(f"heatprompt: warning: blob {sha} is named by a row but missing", file=sys.stderr)
     print(f"backed up {_summary(manifest)} to {args.dest}")
     return 0
 
