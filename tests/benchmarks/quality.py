@@ -13,6 +13,8 @@ default: 120 test images in all), trains two models on the same training images 
 same budget, `scale=None` (squash) and `scale=1.0` (native tiles), and evaluates both at
 each image's own resolution (`evaluate_native`), the native one also with a single
 test-time view, then prints them side by side.
+
+`--typed` measures defect types (`typed_quality.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from model.losses import LossWeights
 from model.metrics import review_score
 from model.pipeline import train_from_folders
 from model.train import DEFAULT_LR
+from tests.benchmarks.typed_quality import run_typed
 from tests.benchmarks.unseen_synth import write_unseen_dataset
 from webapp.cli import format_report
 
@@ -63,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         "--large",
         action="store_true",
         help="squash vs native tiles on 1024² images and 512×2048 strips (absolute pixels)",
+    )
+    parser.add_argument(
+        "--typed",
+        action="store_true",
+        help="defect types: one model, its regions typed vs the same weights untyped",
     )
     parser.add_argument(
         "--train-count",
@@ -326,6 +334,9 @@ def main() -> None:
     """Command-line entry point."""
     args = _parser().parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="heatprompt-quality-"))
+    if args.typed:
+        run_typed(args, work, _train_options(args))
+        return
     if not args.large:
         run_small(args, work)
         return
