@@ -402,3 +402,19 @@ def test_peak_rss_sees_an_allocation_inside_the_block() -> None:
     with PeakRss() as idle:
         time.sleep(0.02)
     assert idle.growth_mib is not None and idle.growth_mib < 50
+
+
+def test_eval_reports_defect_types_of_a_typed_model(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.benchmarks.unseen_synth import DEFECT_TYPES, write_unseen_dataset
+
+    data = write_unseen_dataset(tmp_path / "typed", seed=4, count=40, size=64)
+    ckpt = tmp_path / "typed.pt"
+    args = ["--encoder", "sam_tiny", "--input-size", "64", "--epochs", "1", "--device", "cpu"]
+    assert main(["train", "--data", str(data), "--out", str(ckpt), *args]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json"]) == 0
+    types = json.loads(capsys.readouterr().out)["types"]
+    assert {"type_accuracy", "type_macro_f1", "confusion", "per_type"} <= set(types)
+    assert set(types["confusion"]["labels"]) <= {*DEFECT_TYPES, "unspecified"}
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
+    assert "defect types (" in capsys.readouterr().out

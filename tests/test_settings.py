@@ -78,3 +78,21 @@ def test_training_table_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEATPROMPT_TRAINING__EPOCH", "3")  # a typo is refused, not ignored
     with pytest.raises(ValidationError, match=r"training\.epoch\b"):
         load_settings()
+
+
+def test_the_per_type_promotion_margin_reaches_the_retraining_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webapp.app import retrain_config
+
+    _no_training_env(monkeypatch)
+    monkeypatch.delenv("HEATPROMPT_TYPE_REGRESSION_MARGIN", raising=False)
+    monkeypatch.delenv("HEATPROMPT_CONFIG", raising=False)
+    assert retrain_config(load_settings(data_dir=tmp_path)).type_regression_margin is None
+    config = tmp_path / "heatprompt.toml"
+    config.write_text("type_regression_margin = 0.05\n")
+    monkeypatch.setenv("HEATPROMPT_CONFIG", str(config))
+    assert retrain_config(load_settings()).type_regression_margin == 0.05
+    monkeypatch.setenv("HEATPROMPT_TYPE_REGRESSION_MARGIN", "-1")
+    with pytest.raises(ValidationError, match="type_regression_margin"):
+        load_settings()

@@ -57,6 +57,7 @@ def retrain_config(settings: Settings) -> RetrainConfig:
         **asdict(settings.training),
         min_new_corrections=settings.retrain_min_corrections,
         promotion_margin=settings.promotion_margin,
+        type_regression_margin=settings.type_regression_margin,
         from_scratch=settings.retrain_from_scratch,
     )
 

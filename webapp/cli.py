@@ -343,6 +343,20 @@ def format_report(report: dict) -> str:
     for kind, stats in report["per_type"].items():
         shown = ", ".join(f"{k} {f(v).strip()}" for k, v in stats.items() if k != "count")
         lines.append(f"  {kind:12} n={stats['count']:<4} {shown}")
+    types = report.get("types")
+    if types:
+        lines.append(
+            f"defect types ({types['regions']} matched regions): accuracy "
+            f"{f(types['type_accuracy']).strip()}, macro-F1 {f(types['type_macro_f1']).strip()}"
+        )
+        for name, stats in types["per_type"].items():
+            lines.append(
+                f"  {name:12} IoU {f(stats['iou']).strip()}, Dice {f(stats['dice']).strip()}"
+            )
+        labels = types["confusion"]["labels"]
+        lines.append("  confusion (rows true, columns predicted): " + ", ".join(labels))
+        for name, row in zip(labels, types["confusion"]["matrix"], strict=True):
+            lines.append(f"    {name:12} " + " ".join(f"{v:4d}" for v in row))
     return "\n".join(lines)
 
 

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     retrain_min_corrections: int = Field(default=20, ge=1)
     retrain_from_scratch: bool = False
     promotion_margin: float = Field(default=0.01, ge=0)
+    # Refuse a candidate whose holdout IoU on any one defect type drops more than this
+    # below the active model's (None: types are not gated one by one).
+    type_regression_margin: float | None = Field(default=None, ge=0)
     # Cold start: the first model trains itself once this many labels (with at least this
     # many defective) exist; until a model is served, a share of queue picks is random.
     first_model_labels: int = Field(default=20, ge=1)
