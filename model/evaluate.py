@@ -15,13 +15,13 @@ from model.decision import MaskRule
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
 from model.images import decode_image, read_mask
+from model.labelled_regions import UNTYPED, true_regions
 from model.metrics import review_score, segmentation_report
 from model.predict import Predictor
 from model.region_types import UNSPECIFIED, label_regions
 from model.tiled_prediction import predict_maps
 from model.type_head import TypeHead
 from model.type_metrics import TypedRegions, TypeTally, type_report
-from model.type_training import UNTYPED, true_regions
 from model.typed_decision import decide_types
 
 

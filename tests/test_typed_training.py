@@ -13,10 +13,10 @@ from PIL import Image
 from model.checkpoint import load_bundle
 from model.dataset import discover, load_samples
 from model.evaluate import evaluate, evaluate_native
+from model.labelled_regions import has_types, true_regions
 from model.pipeline import train_from_folders
 from model.predict import Predictor
 from model.region_types import UNSPECIFIED
-from model.type_training import has_types, true_regions
 from tests.benchmarks.unseen_synth import DEFECT_TYPES, write_unseen_dataset
 
 
