@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from skimage.measure import regionprops
+from tqdm import tqdm
 
 from model.checkpoint import ModelBundle
 from model.feature_cache import FeatureCache
@@ -32,6 +33,8 @@ CONTEXT = 1.6  # crop side as a multiple of the region's longer bounding-box sid
 MIN_CROP = 32  # pixels: a 2-pixel particle still gets some surroundings
 RING = 0.15  # ring width around the region, as a share of the crop side
 SHAPE_FEATURES = 14
+ENCODE_BATCH = 16  # crops per encoder call
+CHUNK = 64  # crops in memory at once
 
 
 @dataclass(frozen=True)
@@ -45,23 +48,25 @@ class RegionCrop:
 
 
 def shape_descriptor(gray: np.ndarray, rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Size, form and contrast of one region (bool map over the whole model-space image)."""
-    props = regionprops(region.astype(np.uint8))[0]
+    """Size, form and contrast of one region (bool map over the whole model-space image),
+    measured in a window around it so the cost follows the region, not the image."""
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    pad = max(3, round(0.5 * max(y1 - y0, x1 - x0)))
+    window = (slice(max(0, y0 - pad), y1 + pad), slice(max(0, x0 - pad), x1 + pad))
+    local = region[window]
+    props = regionprops(local.astype(np.uint8))[0]
     area = float(props.area)
     major = float(props.axis_major_length) + 1.0
     minor = float(props.axis_minor_length) + 1.0
     perimeter = float(props.perimeter) + 1.0
-    y0, x0, y1, x1 = props.bbox
-    pad = max(3, round(0.5 * max(y1 - y0, x1 - x0)))
-    around = np.zeros_like(region)
-    around[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad] = True
-    around &= ~region
-    inside_g = gray[region]
-    outside_g = gray[around] if around.any() else gray.ravel()
+    around = ~local
+    g, c = gray[window], rgb[window]
+    inside_g = g[local]
+    outside_g = g[around] if around.any() else g.ravel()
+    outside_c = c[around] if around.any() else c.reshape(-1, 3)
     spread = float(outside_g.std()) + 1.0
-    colour = rgb[region].mean(axis=0) - (rgb[around] if around.any() else rgb.reshape(-1, 3)).mean(
-        axis=0
-    )
+    colour = c[local].mean(axis=0) - outside_c.mean(axis=0)
     return np.array(
         [
             np.log(area),
@@ -116,13 +121,17 @@ def deep_descriptors(
     bundle: ModelBundle, crops: Sequence[RegionCrop], *, cache: FeatureCache | None
 ) -> np.ndarray:
     """(N, D) pooled encoder features of the crops, D = 2 × channels of the pooled levels."""
-    if not crops:
-        return np.zeros((0, 0), np.float32)
     rows = []
-    for start in range(0, len(crops), 8):
-        chunk = crops[start : start + 8]
+    for start in range(0, len(crops), ENCODE_BATCH):
+        chunk = crops[start : start + ENCODE_BATCH]
         images = [c.image for c in chunk]
-        out = encode_images(bundle, images, shas=[tile_key(im) for im in images], cache=cache)
+        out = encode_images(
+            bundle,
+            images,
+            shas=[tile_key(im) for im in images],
+            cache=cache,
+            batch_size=ENCODE_BATCH,
+        )
         levels = out.features[-POOLED_LEVELS:]
         for i, crop in enumerate(chunk):
             parts = []
@@ -134,6 +143,42 @@ def deep_descriptors(
     return np.stack(rows)
 
 
+def describe_many(
+    bundle: ModelBundle,
+    jobs: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]],
+    *,
+    cache: FeatureCache | None,
+    progress: bool = False,
+) -> np.ndarray:
+    """(N, SHAPE_FEATURES + D) descriptors of every region of every (model-space uint8
+    RGB image, its regions as bool maps) job, in job order; crops of several images share
+    encoder batches, a bounded number of them in memory at once."""
+    flat = [(k, r) for k, (_, regions) in enumerate(jobs) for r in regions]
+    if not flat:
+        return np.zeros((0, 0), np.float32)
+    size = bundle.encoder.input_size
+    grays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    rows = []
+    with tqdm(
+        total=len(flat), desc="describing regions", unit="region", disable=not progress
+    ) as bar:
+        for start in range(0, len(flat), CHUNK):
+            chunk = flat[start : start + CHUNK]
+            shapes = []
+            for k, region in chunk:
+                if k not in grays:
+                    grays.clear()  # jobs come in order: one image's planes at a time
+                    image = jobs[k][0]
+                    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+                    grays[k] = (gray, image.astype(np.float32))
+                shapes.append(shape_descriptor(*grays[k], region))
+            crops = [region_crop(jobs[k][0], region, size) for k, region in chunk]
+            deep = deep_descriptors(bundle, crops, cache=cache)
+            rows.append(np.concatenate([np.stack(shapes), deep], axis=1))
+            bar.update(len(chunk))
+    return np.concatenate(rows).astype(np.float32)
+
+
 def describe_regions(
     bundle: ModelBundle,
     image: np.ndarray,
@@ -143,11 +188,4 @@ def describe_regions(
 ) -> np.ndarray:
     """(N, SHAPE_FEATURES + D) descriptors of the regions (bool maps) of one model-space
     uint8 RGB image."""
-    if not regions:
-        return np.zeros((0, 0), np.float32)
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    rgb = image.astype(np.float32)
-    shapes = np.stack([shape_descriptor(gray, rgb, r) for r in regions])
-    size = bundle.encoder.input_size
-    deep = deep_descriptors(bundle, [region_crop(image, r, size) for r in regions], cache=cache)
-    return np.concatenate([shapes, deep], axis=1).astype(np.float32)
+    return describe_many(bundle, [(image, regions)], cache=cache)

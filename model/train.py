@@ -44,7 +44,7 @@ from model.labels import skeleton_heatmap
 from model.losses import LossWeights, heatprompt_loss
 from model.metrics import review_score, segmentation_report
 from model.tiling import TilePlan
-from model.type_training import fit_region_types
+from model.type_training import fit_region_types, typing_work
 
 THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_LR = 3e-3  # peak AdamW rate: 1e-3 → 2e-3 → 3e-3 each learned faster in a budget
@@ -363,6 +363,10 @@ def train(
             first_val_s = from_main(first_val_s, ctx)
             share = tiles_in(calib, geometry) / max(1, tiles_in(epoch_val, geometry))
             loop_budget = loop_budget_s(budget, first_val_s, len(test_views), share)
+            # Typing regions encodes a crop per region: paid from the budget as well.
+            per_tile = first_val_s / max(1, tiles_in(epoch_val, geometry))
+            typing_s = per_tile * typing_work(type_items, config.seed)
+            loop_budget = max(0.5 * budget, loop_budget - typing_s)
         history.append(record)
         if on_epoch:
             on_epoch(record)

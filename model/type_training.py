@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from model.checkpoint import ModelBundle
 from model.dataset import LoadedSample
@@ -23,7 +22,7 @@ from model.evaluate import predict_probs
 from model.feature_cache import FeatureCache
 from model.labelled_regions import true_regions
 from model.metrics import review_score, segmentation_report
-from model.region_features import describe_regions
+from model.region_features import describe_many
 from model.region_types import UNSPECIFIED, label_regions, majority_codes
 from model.type_head import MIN_REGIONS, TypeHead, fit_type_head
 from model.type_metrics import TypedRegions, type_report
@@ -53,6 +52,15 @@ def _training_regions(items: Sequence[LoadedSample], seed: int) -> list[tuple[in
             group if len(group) <= MAX_REGIONS_PER_TYPE else rng.sample(group, MAX_REGIONS_PER_TYPE)
         )
     return sorted(chosen)
+
+
+def typing_work(items: Sequence[LoadedSample], seed: int) -> int:
+    """About how many encoder passes `fit_head` will make on `items` (one per region
+    crop, one per predicted image), so a time-bounded run can reserve them."""
+    chosen = _training_regions(items, seed)
+    images = len({k for k, _, _ in chosen})
+    predicted = min(images, MAX_PREDICTED_IMAGES)
+    return len(chosen) + round(predicted * (1 + len(chosen) / max(1, images)))
 
 
 def _predicted_examples(
@@ -104,12 +112,11 @@ def fit_head(
     by_item: dict[int, list[tuple[np.ndarray, str]]] = {}
     for k, region, name in examples:
         by_item.setdefault(k, []).append((region, name))
-    rows, names = [], []
-    for k in tqdm(sorted(by_item), desc="typing regions", unit="img", disable=not progress):
-        regions = [region for region, _ in by_item[k]]
-        rows.append(describe_regions(bundle, items[k].image, regions, cache=cache))
-        names += [name for _, name in by_item[k]]
-    return fit_type_head(np.concatenate(rows), names, min_regions=min_regions, seed=seed)
+    order = sorted(by_item)
+    jobs = [(items[k].image, [region for region, _ in by_item[k]]) for k in order]
+    names = [name for k in order for _, name in by_item[k]]
+    descriptors = describe_many(bundle, jobs, cache=cache, progress=progress)
+    return fit_type_head(descriptors, names, min_regions=min_regions, seed=seed)
 
 
 def _typed(

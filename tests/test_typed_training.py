@@ -3,6 +3,7 @@ trained after the segmentation heads, typed predictions and type metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -134,3 +135,18 @@ def test_an_untyped_dataset_trains_an_untyped_model(tmp_path: Path, synth_dir: P
     bundle = load_bundle(result.checkpoint)
     assert bundle.meta.type_head is None and bundle.meta.defect_types == ()
     assert "types" not in evaluate(bundle, load_samples(discover(images), 64), ablation=False)
+
+
+def test_typing_work_counts_crops_only_for_typed_regions(tmp_path: Path) -> None:
+    from model.type_training import typing_work
+
+    data = write_unseen_dataset(tmp_path / "d", seed=2, count=10, size=64)
+    items = load_samples(discover(data), 64)
+    regions = sum(len(true_regions(it).types) for it in items)
+    work = typing_work(items, seed=0)
+    assert regions < work <= 2 * regions + len(items)  # crops, and predicted images again
+    untyped = [
+        dataclasses.replace(it, sample=dataclasses.replace(it.sample, defect_type="defect"))
+        for it in items
+    ]
+    assert typing_work(untyped, seed=0) == 0
