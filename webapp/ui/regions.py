@@ -1,6 +1,6 @@
 """The Review tab's typed regions: a prediction as a typed mask, the typed mask as pictures
-(the editor's composite and the Regions picture, with the selected region ringed), and the
-region list.
+(the editor's value and composite, and the Regions picture with the selected region ringed),
+the region list, and the editor's brushes.
 
 Everything here renders the region of the image in view (`webapp.display_view`), so a 4096²
 image costs no more than its 1024 px view; the type map itself stays native on the server.
@@ -12,12 +12,14 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import gradio as gr
 import numpy as np
 
 from model.predict import Prediction
 from model.region_types import UNSPECIFIED, label_regions
-from webapp.display_view import Region, render_region
-from webapp.editor_masks import MASK_ALPHA, render_type_ids
+from model.visualize import overlay as render_overlay
+from webapp.display_view import Region, View, render_overview, render_region
+from webapp.editor_masks import MASK_ALPHA, brush_colors, editor_value, render_type_ids
 from webapp.typed_regions import (
     RGB,
     UNSPECIFIED_ID,
@@ -128,7 +130,10 @@ def region_list(
     predicted of it (type and confidence) while the region is as predicted. A noisy mask
     has hundreds of specks: the largest `LISTED_REGIONS` and the selected one are listed."""
     if not rows:
-        return '<p class="region-empty">No regions: the mask is empty.</p>'
+        return (
+            '<p class="region-empty">No regions yet (strokes join the mask when you select a '
+            "region, zoom or save).</p>"
+        )
     by_id = {t.id: t for t in types}
     largest = sorted(rows, key=lambda r: -r.area)[:LISTED_REGIONS]
     listed = sorted({*largest, *(r for r in rows if r.label == selected)}, key=lambda r: r.label)
@@ -168,3 +173,44 @@ def typed_rows(typed: TypedMask) -> tuple[np.ndarray, list[RegionRow]]:
     """(labels, rows) of a typed mask."""
     labels, count = label_regions(typed.mask)
     return labels, region_rows(labels, count, typed.types)
+
+
+def brush(types: list[TypeStyle], chosen: int | None = None) -> gr.Brush:
+    """The editor's brush: the types' colours and the background brush, `chosen`'s first."""
+    colours = brush_colors(types)
+    default = next((t.color for t in types if t.id == chosen), colours[0])
+    return gr.Brush(colors=colours, default_color=default, color_mode="fixed", default_size=6)
+
+
+def view_images(
+    rgb: np.ndarray,
+    typed: TypedMask,
+    heat: np.ndarray,
+    view: View,
+    opacity: float,
+    types: list[TypeStyle],
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The editor value (its composite the typed mask), overlay and overview of `view`, all
+    display-sized."""
+    region = view.region(typed.shape)
+    image, shown = render_region(rgb, region), render_region(typed.mask, region)
+    overlay = render_overlay(image, render_region(heat, region), shown, opacity=opacity)
+    picture = editor_picture(image, typed, region, types)
+    return editor_value(image, shown, picture), overlay, render_overview(rgb, region)
+
+
+def regions_view(
+    rgb: np.ndarray,
+    typed: TypedMask,
+    view: View,
+    selected: tuple[int, int] | None,
+    types: list[TypeStyle],
+) -> tuple[np.ndarray, str]:
+    """The Regions picture of `view` (the region holding the `selected` pixel ringed) and
+    the region list."""
+    labels, rows = typed_rows(typed)
+    label = selected_label(labels, selected)
+    region = view.region(typed.shape)
+    ringed = labels == label if label else None
+    picture = regions_picture(render_region(rgb, region), typed, region, types, ringed)
+    return picture, region_list(rows, types, typed.predicted, label)

@@ -18,7 +18,7 @@ both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +26,6 @@ import gradio as gr
 import numpy as np
 
 from model.predict import Click
-from model.region_types import label_regions
 from model.visualize import overlay as render_overlay
 from storage.errors import StorageError
 from storage.review_queue import SaveConflict
@@ -39,35 +38,29 @@ from webapp.display_view import (
     display_shape,
     display_to_native,
     overview_to_native,
-    render_overview,
     render_region,
 )
-from webapp.editor_masks import brush_colors, edited_typed, editor_value, palette_of
 from webapp.permissions import Permission, PermissionDenied, allowed
 from webapp.review_order import DEFAULT_STRATEGY, STRATEGIES
 from webapp.services import Services
-from webapp.typed_regions import TypedMask, TypeStyle, region_pixel, set_region_type
+from webapp.typed_regions import TypedMask, TypeStyle
 from webapp.ui.common import counts_line, signed_in
 from webapp.ui.defect_types import (
     ALL_TYPES,
     build_type_admin,
     filter_choices,
-    legend_html,
-    picker_choices,
     type_styles,
     wanted_type,
 )
+from webapp.ui.on_screen import OnScreen, fold
 from webapp.ui.regions import (
-    SELECT_RADIUS,
-    editor_picture,
+    brush,
     predicted_regions,
-    region_list,
-    regions_picture,
-    selected_label,
     typed_prediction,
-    typed_rows,
     unspecified_id,
+    view_images,
 )
+from webapp.ui.review_regions import RegionPanel, Shared
 from webapp.views import history_rows
 
 ACTIONS = (
@@ -76,20 +69,6 @@ ACTIONS = (
     ("Defect-free (D)", "btn-defect-free", CorrectionAction.defect_free),
     ("Skip (K)", "btn-skip", CorrectionAction.skipped),
 )
-
-RefineClick = tuple[float, float, bool]  # (x, y) in native image pixels, positive?
-
-
-@dataclass(frozen=True)
-class OnScreen:
-    """How the current image is shown besides its masks: the view (zoom and centre), the
-    refine clicks so far (native pixels) and the selected region (a native pixel of it). One
-    state, because placing a click needs the view; all start afresh with each image."""
-
-    view: View = field(default_factory=View)
-    clicks: tuple[RefineClick, ...] = ()
-    selected: tuple[int, int] | None = None
-
 
 # editor, mask to show, overlay, info, history, earlier, earlier mask, state, accept button,
 # anomaly map (second opinion), on-screen state, heatmap, zoom, overview
@@ -120,47 +99,6 @@ def anomaly_note(anomaly: dict[str, Any]) -> str:
     return f"anomaly score **{anomaly['score']:.2f}** ({source})"
 
 
-def region_of(typed: TypedMask | None, screen: OnScreen | None) -> Region | None:
-    """The native region the editor shows of the mask (None without a mask)."""
-    return None if typed is None else (screen or OnScreen()).view.region(typed.shape)
-
-
-def fold(
-    typed: TypedMask | None,
-    value: dict[str, Any] | None,
-    screen: OnScreen | None,
-    types: list[TypeStyle],
-) -> TypedMask:
-    """The typed mask with the editor's strokes in it (each in its brush's type)."""
-    return edited_typed(
-        typed, value, region_of(typed, screen), palette_of(types), unspecified_id(types)
-    )
-
-
-def brush(types: list[TypeStyle], chosen: int | None = None) -> gr.Brush:
-    """The editor's brush: the types' colours and the background brush, `chosen`'s first."""
-    colours = brush_colors(types)
-    default = next((t.color for t in types if t.id == chosen), colours[0])
-    return gr.Brush(colors=colours, default_color=default, color_mode="fixed", default_size=6)
-
-
-def view_images(
-    rgb: np.ndarray,
-    typed: TypedMask,
-    heat: np.ndarray,
-    view: View,
-    opacity: float,
-    types: list[TypeStyle],
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The editor value (its composite the typed mask), overlay and overview of `view`, all
-    display-sized."""
-    region = view.region(typed.shape)
-    image, shown = render_region(rgb, region), render_region(typed.mask, region)
-    overlay = render_overlay(image, render_region(heat, region), shown, opacity=opacity)
-    picture = editor_picture(image, typed, region, types)
-    return editor_value(image, shown, picture), overlay, render_overview(rgb, region)
-
-
 def view_overlay(
     rgb: np.ndarray, mask: np.ndarray, heat: np.ndarray, view: View, opacity: float
 ) -> np.ndarray:
@@ -169,18 +107,6 @@ def view_overlay(
     shown = render_region(mask, region)
     heat_shown = render_region(heat, region)
     return render_overlay(render_region(rgb, region), heat_shown, shown, opacity=opacity)
-
-
-def regions_view(
-    rgb: np.ndarray, typed: TypedMask, screen: OnScreen, types: list[TypeStyle]
-) -> tuple[np.ndarray, str]:
-    """The Regions picture of the view (selected region ringed) and the region list."""
-    labels, rows = typed_rows(typed)
-    label = selected_label(labels, screen.selected)
-    region = screen.view.region(typed.shape)
-    selected = labels == label if label else None
-    picture = regions_picture(render_region(rgb, region), typed, region, types, selected)
-    return picture, region_list(rows, types, typed.predicted, label)
 
 
 def build_review(services: Services, page: gr.Blocks) -> None:
@@ -433,81 +359,6 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         view = View("2" if zoom == FIT else zoom, centre)
         return refocus(image_id, typed, screen, heat, value, view, opacity)
 
-    def show_regions(image_id, typed, screen):  # type: ignore[no-untyped-def]
-        """The Regions picture and the region list of what the editor shows now."""
-        if image_id is None or typed is None:
-            return None, region_list([], [], [])
-        types = type_styles(services)
-        return regions_view(image_rgb(image_id), typed, screen or OnScreen(), types)
-
-    def retyped(image_id, typed, screen, heat, value, opacity, types, chosen):  # type: ignore[no-untyped-def]
-        """The editor, shown mask, overlay and overview after folding the strokes in (and
-        giving the selected region type `chosen`, unless None)."""
-        typed = fold(typed, value, screen, types)
-        labels, _ = label_regions(typed.mask)
-        label = selected_label(labels, screen.selected)
-        message = ""
-        if not label:
-            screen = replace(screen, selected=None)
-        elif chosen is not None:
-            typed = replace(typed, types=set_region_type(typed.types, labels, label, chosen))
-            name = next((t.name for t in types if t.id == chosen), f"type {chosen}")
-            message = f"Region {label} is now **{name}** (saved with Save correction)."
-        heat = heat if heat is not None else np.zeros(typed.shape, np.float32)
-        editor_img, overlay, overview = view_images(
-            image_rgb(image_id), typed, heat, screen.view, opacity, types
-        )
-        return editor_img, typed, overlay, overview, screen, label, message
-
-    def select_region(image_id, typed, screen, heat, value, opacity, evt: gr.SelectData):  # type: ignore[no-untyped-def]
-        """Select the region under a click on the Regions picture (a click on the
-        background clears the selection); the picker shows its type."""
-        if image_id is None or typed is None:
-            return (gr.update(),) * 7
-        screen = screen or OnScreen()
-        types = type_styles(services)
-        typed = fold(typed, value, screen, types)
-        region = screen.view.region(typed.shape)
-        shown = display_shape(region.shape)
-        point = display_to_native(tuple(evt.index), region, shown)
-        labels, _ = label_regions(typed.mask)
-        radius = SELECT_RADIUS * max(region.width / shown[1], region.height / shown[0], 1.0)
-        screen = replace(screen, selected=region_pixel(labels, point, radius))
-        editor_img, typed, overlay, overview, screen, label, _ = retyped(
-            image_id, typed, screen, heat, None, opacity, types, None
-        )
-        if not label:
-            return editor_img, typed, overlay, overview, screen, gr.update(), "No region there."
-        x, y = screen.selected
-        kind = int(typed.types[y, x])
-        name = next((t.name for t in types if t.id == kind), f"type {kind}")
-        editor = gr.update(value=editor_img, brush=brush(types, kind))
-        message = f"Region {label} selected ({name}): press a type's key or pick a type."
-        return editor, typed, overlay, overview, screen, kind, message
-
-    def pick_type(image_id, typed, screen, heat, value, opacity, chosen):  # type: ignore[no-untyped-def]
-        """A type chosen (picker or key): the brush paints in it, and the selected region,
-        if any, becomes it."""
-        types = type_styles(services)
-        paint = gr.update(brush=brush(types, chosen))
-        screen = screen or OnScreen()
-        if image_id is None or typed is None or chosen is None or screen.selected is None:
-            return paint, *(gr.update(),) * 4, ""
-        editor_img, typed, overlay, overview, screen, _, message = retyped(
-            image_id, typed, screen, heat, value, opacity, types, int(chosen)
-        )
-        editor = gr.update(value=editor_img, brush=brush(types, chosen))
-        return editor, typed, overlay, overview, screen, message
-
-    def refresh_types():  # type: ignore[no-untyped-def]
-        """Picker, filter and legend as the types are now (after an admin added one)."""
-        types = type_styles(services)
-        return (
-            gr.update(choices=picker_choices(types)),
-            gr.update(choices=filter_choices(types)),
-            legend_html(types),
-        )
-
     def earlier_mask(correction_id: int | None, image_id: int | None) -> Any:
         if correction_id is None or image_id is None:
             return None
@@ -518,6 +369,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
 
     # ------------------------------------------------------------------ layout
     types = type_styles(services)
+    panel = RegionPanel(services, image_rgb)
     current = gr.State(None)
     shown = gr.State(None)  # the native typed mask the editor was opened with: strokes edit it
     state = gr.State(None)  # the image state the shown masks belong to
@@ -579,23 +431,8 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                     elem_id="overlay",
                     height=280,
                 )
-                regions_img = gr.Image(
-                    label="Regions — click one to select it",
-                    interactive=False,
-                    elem_id="regions",
-                    format="png",  # lossless: exact type colours and region edges
-                    buttons=[],  # the whole picture is the click target
-                    height=280,
-                )
-            picker = gr.Radio(
-                picker_choices(types),
-                value=types[0].id if types else None,
-                label="Defect type — the brush paints in it; it retypes the selected region",
-                elem_id="type-picker",
-            )
-            # Carries the picker's colours and the keys' table, shows nothing itself.
-            keys_html = gr.HTML(legend_html(types), elem_id="type-keys", visible="hidden")
-            regions_html = gr.HTML(elem_id="region-list")
+                panel.picture()
+            panel.controls(types)
             anomaly_img = gr.Image(
                 label="Anomaly map (second opinion)",
                 interactive=False,
@@ -656,13 +493,10 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         counts_md,
         status_md,
     ]
-    regions_in = [current, shown, screen]
-    regions_out = [regions_img, regions_html]
-
-    def then_regions(event: Any) -> None:
-        """Every change of the shown mask, its view or the selection redraws the regions."""
-        event.then(show_regions, regions_in, regions_out, show_progress="hidden")
-
+    shared = Shared(
+        current, shown, screen, heat, editor, overlay_img, overview, opacity, status_md, type_filter
+    )
+    then_regions = panel.wire(page, shared, added)
     then_regions(page.load(on_load, [order, opacity, type_filter], review_out))
     then_regions(
         next_btn.click(next_image, [order, opacity, type_filter], review_out, api_name="next_image")
@@ -692,27 +526,4 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         )
     )
     then_regions(overview.select(pan_to, [*view_in, opacity], view_out, show_progress="hidden"))
-    typed_out = [editor, shown, overlay_img, overview, screen]
-    then_regions(
-        regions_img.select(
-            select_region,
-            [*view_in, opacity],
-            [*typed_out, picker, status_md],
-            show_progress="hidden",
-        )
-    )
-    then_regions(
-        picker.input(
-            pick_type,
-            [*view_in, opacity, picker],
-            [*typed_out, status_md],
-            api_name="set_type",
-            show_progress="hidden",
-        )
-    )
-    page.load(refresh_types, None, [picker, type_filter, keys_html], api_name="types")
-    added.then(refresh_types, None, [picker, type_filter, keys_html])
     earlier.change(earlier_mask, [earlier, current], earlier_img)
-    # The regions as an API call too (the chained redraws above run from the page only).
-    regions_api = gr.Button(visible=False)
-    regions_api.click(show_regions, regions_in, regions_out, api_name="regions")
