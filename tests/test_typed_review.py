@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.webapp_fixtures import PASSWORD, RunningApp
-from webapp.typed_regions import TypeStyle, hex_rgb
+from webapp.typed_regions import PredictedRegion, RegionRow, TypeStyle, hex_rgb
 from webapp.ui.defect_types import (
     ALL_TYPES,
     check_new_type,
@@ -27,6 +27,7 @@ from webapp.ui.defect_types import (
     wanted_type,
 )
 from webapp.ui.models import per_type_iou, version_type_rows
+from webapp.ui.regions import LISTED_REGIONS, region_list
 
 SIZE = (64, 96)  # (height, width): shown unresampled, so display pixels are native pixels
 REGION_A = (slice(10, 20), slice(10, 40))
@@ -156,7 +157,8 @@ def test_a_region_is_selected_retyped_and_saved_with_painted_typed_strokes(
     picture, listing = client.predict(api_name="/regions")
     assert "▶ 1" in listing
     shown = np.asarray(Image.open(picture).convert("RGB"))
-    assert (shown[8, 10:40] == (255, 255, 255)).all()  # the ring above region A
+    assert (shown[9, 10:40] == (255, 255, 255)).all()  # the ring above region A, edged black
+    assert (shown[8, 10:40] == (0, 0, 0)).all() and (shown[15, 25] != (255, 255, 255)).any()
     # A click on the background near nothing clears it; a click near A selects it again.
     *_, missed = _select(client, "regions", (60, 30), *(None,) * 5, 0.45)
     assert missed == "No region there."
@@ -247,3 +249,18 @@ def test_per_type_iou_per_version_comes_from_the_best_breakdown_a_report_has() -
     ]
     assert version_type_rows(versions, runs) == [[1, "dent", 0.2], [2, "dent", 0.4123]]  # type: ignore[arg-type]
     assert per_type_iou(None) == {} and per_type_iou({"miou": 0.5}) == {}
+
+
+def test_the_region_list_lists_the_largest_regions_and_the_selected_one() -> None:
+    types = [TypeStyle(1, "unspecified", "#ffcc00"), TypeStyle(2, "dent", "#3cb44b")]
+    rows = [RegionRow(i, 2, 100 - i, (i, 0, 1, 1)) for i in range(1, 41)]
+    predicted = [
+        PredictedRegion((1, 0, 1, 1), 99, "dent", 0.875),
+        PredictedRegion((2, 0, 1, 1), 98, "unspecified", 0.0),  # a model without a type head
+    ]
+    html = region_list(rows, types, predicted, selected=40)
+    assert html.count("<tr ") == LISTED_REGIONS + 1  # the largest, and the selected (smallest)
+    assert "▶ 40" in html and "data-region='31'" not in html
+    assert "9 smaller regions not listed" in html
+    assert "dent (0.88)" in html and "<td>unspecified</td>" in html and "(0.00)" not in html
+    assert "—" in html  # a region the model did not predict as it is

@@ -35,6 +35,9 @@ from webapp.typed_regions import (
 
 RING_RGB = (255, 255, 255)  # the selected region's border
 RING_EDGE_RGB = (0, 0, 0)  # its outer edge, so it shows on light and dark surfaces alike
+REGION_ALPHA = 0.75  # the Regions picture's tint: more opaque than the editor's
+FADED_ALPHA = 0.3  # the other regions' tint while one is selected
+SMALL_PICTURE = 400  # display pixels: a smaller picture gets a thinner selection ring
 SELECT_RADIUS = 3  # display pixels: how near a click must be to a region to select it
 LISTED_REGIONS = 30  # the region list shows the largest regions (and the selected one)
 
@@ -104,15 +107,17 @@ def regions_picture(
     selected: np.ndarray | None = None,
 ) -> np.ndarray:
     """The Regions picture of `region`: the typed composite, more opaque than the editor's
-    so small regions read at a glance, with a ring around the `selected` region (a native
-    bool mask)."""
+    so small regions read at a glance. With a `selected` region (a native bool mask) the
+    others fade and a ring goes around it, so it stands out of a busy mask."""
     ids = render_type_ids(typed.types, region)
-    out = typed_composite(image, ids, colours(types), 0.75)
-    if selected is not None and selected.any():
-        shown = render_region(selected, region)
-        inner = ring(shown, 2)
-        out[ring(shown | inner, 1)] = RING_EDGE_RGB
-        out[inner] = RING_RGB
+    if selected is None or not selected.any():
+        return typed_composite(image, ids, colours(types), REGION_ALPHA)
+    shown = render_region(selected, region)
+    out = typed_composite(image, ids, colours(types), FADED_ALPHA)
+    out[shown] = typed_composite(image, ids, colours(types), REGION_ALPHA)[shown]
+    inner = ring(shown, 1 if max(shown.shape) < SMALL_PICTURE else 2)
+    out[ring(shown | inner, 1)] = RING_EDGE_RGB
+    out[inner] = RING_RGB
     return out
 
 

@@ -25,7 +25,6 @@ from webapp.ui.on_screen import OnScreen, fold
 from webapp.ui.regions import (
     SELECT_RADIUS,
     brush,
-    region_list,
     regions_view,
     selected_label,
     view_images,
@@ -86,7 +85,7 @@ class RegionPanel:
     def show_regions(self, image_id, typed, screen):  # type: ignore[no-untyped-def]
         """The Regions picture and the region list of what the editor shows now."""
         if image_id is None or typed is None:
-            return None, region_list([], [], [])
+            return None, ""
         types = type_styles(self.services)
         screen = screen or OnScreen()
         return regions_view(self.image_rgb(image_id), typed, screen.view, screen.selected, types)
