@@ -63,13 +63,22 @@ def check_color(color: str) -> str:
     return color.strip().lower()
 
 
+# Keys the review page already binds (accept, save, defect-free, skip, next), either case.
+RESERVED_KEYS = frozenset("asdknASDKN")
+
+
 def check_key(key: str | None) -> str | None:
     """The keyboard key as stored (None: none); StorageError unless it is one printable,
-    non-blank character."""
+    non-blank character that the review page does not already use."""
     if key is None or key == "":
         return None
     if not isinstance(key, str) or len(key) != 1 or not key.isprintable() or key.isspace():
         raise StorageError(f"key must be one printable character, got {key!r}")
+    if key in RESERVED_KEYS:
+        raise StorageError(
+            f"key {key!r} is a review shortcut (A accept, S save, D defect-free, K skip, "
+            "N next); choose another"
+        )
     return key
 
 

@@ -273,20 +273,20 @@ def test_token_days_expiry_and_revocation(sqlite_data_dir: Path, capsys) -> None
 # ---------------------------------------------------------------------- defect types
 def test_types_add_and_list_on_the_data_dirs_database(sqlite_data_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     d = ["--data-dir", str(sqlite_data_dir)]
-    assert main(["types", "add", "scratch", "--color", "#FF0000", "--key", "s", *d]) == 0
-    assert capsys.readouterr().out.strip() == "defect type 2 'scratch' added (#ff0000, key s)"
+    assert main(["types", "add", "scratch", "--color", "#FF0000", "--key", "1", *d]) == 0
+    assert capsys.readouterr().out.strip() == "defect type 2 'scratch' added (#ff0000, key 1)"
     assert main(["types", "add", "long stain", *d]) == 0
     capsys.readouterr()
     assert main(["types", "list", *d]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines] == [
         ["1", "unspecified", "#ffcc00", "0"],
-        ["2", "scratch", "#ff0000", "s"],
+        ["2", "scratch", "#ff0000", "1"],
         ["3", "long", "stain", "#e6194b", "-"],  # the first free palette colour
     ]
     for argv, fragment in (
         (["scratch"], "exists already"),
-        (["dent", "--key", "s"], "key 's' is taken by defect type 'scratch'"),
+        (["dent", "--key", "1"], "key '1' is taken by defect type 'scratch'"),
         (["dent", "--color", "blue"], "#rrggbb"),
         (["dent", "--key", "ab"], "one printable character"),
     ):

@@ -26,7 +26,7 @@ def test_a_new_database_has_unspecified_as_type_1(repo: Repository) -> None:
 
 
 def test_types_are_added_with_ids_after_the_seed_and_palette_colours(repo: Repository) -> None:
-    scratch = repo.types.add("scratch", key="s")
+    scratch = repo.types.add("scratch", key="1")
     stain = repo.types.add(" stain ", color="#00AA11")
     dent = repo.types.add("dent")
     assert (scratch.id, stain.id, dent.id) == (2, 3, 4)  # PostgreSQL's sequence moved past 1
@@ -44,12 +44,12 @@ def test_types_are_added_with_ids_after_the_seed_and_palette_colours(repo: Repos
     ("kwargs", "message"),
     [
         ({"name": "SCRATCH"}, "exists already"),
-        ({"name": "crack", "key": "s"}, "key 's' is taken by defect type 'scratch'"),
+        ({"name": "crack", "key": "1"}, "key '1' is taken by defect type 'scratch'"),
         ({"name": "crack", "key": "0"}, "taken by defect type 'unspecified'"),
     ],
 )
 def test_duplicates_are_refused(repo: Repository, kwargs: dict[str, str], message: str) -> None:
-    repo.types.add("scratch", key="s")
+    repo.types.add("scratch", key="1")
     with pytest.raises(DuplicateError, match=message):
         repo.types.add(**kwargs)
     assert len(repo.types.list()) == 2
@@ -76,10 +76,10 @@ def test_bad_input_is_refused_and_stores_nothing(
 
 
 def test_update_changes_only_the_given_fields(repo: Repository) -> None:
-    scratch = repo.types.add("scratch", key="s")
+    scratch = repo.types.add("scratch", key="1")
     repo.types.add("stain", key="t")
     changed = repo.types.update(scratch.id, color="#112233")
-    assert (changed.name, changed.color, changed.key) == ("scratch", "#112233", "s")
+    assert (changed.name, changed.color, changed.key) == ("scratch", "#112233", "1")
     changed = repo.types.update(scratch.id, name="Scratch", key=None)  # its own name, recased
     assert (changed.name, changed.key) == ("Scratch", None)
     with pytest.raises(DuplicateError, match="key 't'"):
@@ -152,3 +152,12 @@ def test_migration_keeps_old_corrections_as_unspecified_and_downgrades(
     repo = Repository(engine, BlobStore(tmp_path / "blobs"))
     assert [t.name for t in repo.types.list()] == ["unspecified"]
     assert len(repo.reviews.labelled_since(0)) == 1
+
+
+def test_review_shortcut_keys_cannot_name_a_type(repo: Repository) -> None:
+    for key in ("a", "S", "d", "K", "n"):
+        with pytest.raises(StorageError, match="review shortcut"):
+            repo.types.add(f"type-{key}", key=key)
+    assert repo.types.add("scratch", key="1").key == "1"
+    with pytest.raises(StorageError, match="review shortcut"):
+        repo.types.update(repo.types.by_name("scratch").id, key="a")  # type: ignore[union-attr]

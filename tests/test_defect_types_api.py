@@ -78,14 +78,14 @@ def test_the_type_list_is_read_by_all_and_edited_by_admins(running_app: RunningA
     assert listed[0] == {"id": 1, "name": "unspecified", "color": "#ffcc00", "key": "0"}
     assert HTTP.post(url, headers=auth("inspector"), json={"name": "dent"}).status_code == 403
     added = HTTP.post(
-        url, headers=auth("admin"), json={"name": "dent", "color": "#00FF00", "key": "d"}
+        url, headers=auth("admin"), json={"name": "dent", "color": "#00FF00", "key": "2"}
     )
     assert added.status_code == 201, added.text
     dent = added.json()
-    assert dent["name"] == "dent" and dent["color"] == "#00ff00" and dent["key"] == "d"
+    assert dent["name"] == "dent" and dent["color"] == "#00ff00" and dent["key"] == "2"
     for body, status, fragment in (
         ({"name": "DENT"}, 409, "exists already"),
-        ({"name": "hole", "key": "d"}, 409, "key 'd' is taken by defect type 'dent'"),
+        ({"name": "hole", "key": "2"}, 409, "key '2' is taken by defect type 'dent'"),
         ({"name": "hole", "color": "green"}, 422, "#rrggbb"),
         ({"name": "hole", "key": "ab"}, 422, "one printable character"),
         ({"name": " "}, 422, "needs a name"),
@@ -110,7 +110,7 @@ def test_the_type_list_is_read_by_all_and_edited_by_admins(running_app: RunningA
 
 @pytest.mark.parametrize("running_app", ENGINES, indirect=True)
 def test_a_typed_correction_is_posted_and_read_back(running_app: RunningApp) -> None:
-    scratch = _type_id(running_app, "scratch", key="s")
+    scratch = _type_id(running_app, "scratch", key="1")
     image_id = _upload(running_app, 1)
     types = np.zeros((H, W), np.uint8)
     types[10:14, 5:50] = scratch  # region 2 left at 0: unspecified
@@ -134,7 +134,7 @@ def test_a_typed_correction_is_posted_and_read_back(running_app: RunningApp) -> 
 
 def test_bad_type_masks_are_refused_and_store_nothing(running_app: RunningApp) -> None:
     services = running_app.app.services
-    scratch = _type_id(running_app, "scratch", key="s")
+    scratch = _type_id(running_app, "scratch", key="1")
     image_id = _upload(running_app, 2)
     services.wait_for_predictions()  # its prediction's blobs are written before we count
     blobs_before = set(services.repo.blobs)

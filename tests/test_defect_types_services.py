@@ -89,8 +89,8 @@ def _state(services: Services, image_id: int) -> str:
 # ------------------------------------------------------------------------ type list
 def test_admins_manage_the_type_list_and_everyone_reads_it(services: Services) -> None:
     admin, inspector = _user(services, Role.admin), _user(services, Role.inspector)
-    added = services.add_defect_type(admin, "scratch", color="#FF0000", key="s")
-    assert added == {"id": 2, "name": "scratch", "color": "#ff0000", "key": "s"}
+    added = services.add_defect_type(admin, "scratch", color="#FF0000", key="1")
+    assert added == {"id": 2, "name": "scratch", "color": "#ff0000", "key": "1"}
     with pytest.raises(PermissionDenied, match="inspector and cannot manage defect types"):
         services.add_defect_type(inspector, "stain")
     with pytest.raises(PermissionDenied, match="sign in"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from storage.defect_types import PALETTE
+from storage.defect_types import PALETTE, RESERVED_KEYS
 from storage.errors import StorageError
 from storage.schema import User
 from webapp.editor_masks import CLEAR_RGB
@@ -24,7 +24,6 @@ from webapp.typed_regions import TypeStyle, hex_rgb
 from webapp.ui.common import signed_in
 
 ALL_TYPES = "*"  # the queue filter's "no filter" value
-RESERVED_KEYS = frozenset("asdknASDKN")  # the review shortcuts: accept, save, defect-free, …
 MIN_CLEAR_DISTANCE = 60  # RGB distance a type colour keeps from the background brush
 
 
