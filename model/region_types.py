@@ -9,7 +9,6 @@ positions. A region's type is the most common named code inside it.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -36,19 +35,34 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def majority_codes(
-    labels: np.ndarray, count: int, codes: np.ndarray, allowed: Collection[int] | None = None
+    labels: np.ndarray,
+    count: int,
+    codes: np.ndarray,
+    allowed: Collection[int] | None = None,
+    ignore: Collection[int] = (),
 ) -> list[int]:
-    """The most common nonzero code (among `allowed`, when given) inside each labelled
-    region (index i is label i + 1); 0 for a region with none."""
+    """The most common nonzero code inside each labelled region (index i is label i + 1),
+    counting only `allowed` codes (when given) and never `ignore`d ones; 0 for a region
+    with none. Ties go to the smaller code. The one rule for "the type of a region" in the
+    model, the app and the export."""
+    keep = (labels > 0) & (codes > 0)
+    if allowed is not None:
+        keep &= np.isin(codes, np.fromiter(allowed, np.int64))
+    if ignore:
+        keep &= ~np.isin(codes, np.fromiter(ignore, np.int64))
     out = [0] * count
-    inside = (labels > 0) & (codes > 0)
-    pairs = Counter(zip(labels[inside].tolist(), codes[inside].tolist(), strict=True))
-    best: dict[int, int] = {}
-    for (label, code), n in pairs.items():
-        if allowed is not None and code not in allowed:
-            continue
-        if n > best.get(label, 0):
-            best[label], out[label - 1] = n, code
+    if not keep.any():
+        return out
+    found = labels[keep].astype(np.int64)
+    values = codes[keep].astype(np.int64)
+    span = int(values.max()) + 1
+    keys, counts = np.unique(found * span + values, return_counts=True)
+    region, code = keys // span, keys % span
+    order = np.lexsort((code, -counts, region))  # by region, most votes, smallest code
+    region, code = region[order], code[order]
+    first = np.r_[True, region[1:] != region[:-1]]
+    for r, c in zip(region[first].tolist(), code[first].tolist(), strict=True):
+        out[r - 1] = c
     return out
 
 

@@ -10,21 +10,17 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from model.region_types import label_regions
+from model.region_types import label_regions, majority_codes
 from storage.defect_types import UNSPECIFIED_ID
 
 
 def region_type_ids(labels: np.ndarray, count: int, types: np.ndarray | None) -> list[int]:
-    """Each region's type id: the most common nonzero id inside it (unspecified when the
-    type mask is None or says nothing there)."""
+    """Each region's type id: its most common named id (`majority_codes`, the model's and
+    the export's rule), unspecified when the type mask is None or names nothing there."""
     if types is None or count == 0:
         return [UNSPECIFIED_ID] * count
-    out: list[int] = []
-    for label, window in enumerate(ndimage.find_objects(labels, max_label=count), start=1):
-        inside = types[window][labels[window] == label]
-        votes = np.bincount(inside[inside > 0], minlength=1)
-        out.append(int(votes.argmax()) if votes.any() else UNSPECIFIED_ID)
-    return out
+    found = majority_codes(labels, count, types, ignore=(UNSPECIFIED_ID,))
+    return [c or UNSPECIFIED_ID for c in found]
 
 
 def regions_view(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from model.region_types import label_regions
+from model.region_types import label_regions, majority_codes
 
 UNSPECIFIED_ID = 1  # storage seeds "unspecified" with this id; every untyped region is it
 MAX_TYPE_ID = 255  # type masks are 8-bit
@@ -121,15 +121,7 @@ def majority(
 ) -> np.ndarray:
     """The most common id in each region (index i is label i, index 0 unused), ids 0 and
     `ignore` not counting; 0 for a region with none. Ties go to the smaller id."""
-    keep = (labels > 0) & (ids > 0)
-    for value in ignore:
-        keep &= ids != value
-    keys = labels[keep].astype(np.int64) * (MAX_TYPE_ID + 1) + ids[keep]
-    table = np.bincount(keys, minlength=(count + 1) * (MAX_TYPE_ID + 1))
-    table = table.reshape(count + 1, MAX_TYPE_ID + 1)
-    best = table.argmax(axis=1)
-    best[table.max(axis=1) == 0] = 0
-    return best.astype(np.uint8)
+    return np.array([0, *majority_codes(labels, count, ids, ignore=ignore)], dtype=np.uint8)
 
 
 def resolve_types(
