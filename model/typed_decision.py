@@ -24,6 +24,7 @@ from model.region_types import UNSPECIFIED, label_regions, majority_codes
 from model.type_head import TypeHead
 
 GROW = 3  # pixels a region may grow into under a lower per-type threshold
+MAX_TYPED_REGIONS = 64  # regions of one image the type head describes, largest first
 
 
 @dataclass
@@ -45,13 +46,20 @@ def classify_regions(
     *,
     cache: FeatureCache | None,
 ) -> TypedMask:
-    """Type every region of a model-space mask (all unspecified without a head)."""
+    """Type every region of a model-space mask (all unspecified without a head). Only the
+    `MAX_TYPED_REGIONS` largest are described (each costs an encoder pass); a mask broken
+    into more specks leaves the smallest unspecified."""
     labels, count = label_regions(mask)
+    types, confidences = [UNSPECIFIED] * count, [0.0] * count
     if head is None or count == 0:
-        return TypedMask(mask, labels, [UNSPECIFIED] * count, [0.0] * count)
-    regions = [labels == i for i in range(1, count + 1)]
+        return TypedMask(mask, labels, types, confidences)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    largest = sorted(np.argsort(-areas, kind="stable")[:MAX_TYPED_REGIONS].tolist())
+    regions = [labels == i + 1 for i in largest]
     named = head.predict(describe_regions(bundle, image, regions, cache=cache))
-    return TypedMask(mask, labels, [n for n, _ in named], [c for _, c in named])
+    for i, (name, confidence) in zip(largest, named, strict=True):
+        types[i], confidences[i] = name, confidence
+    return TypedMask(mask, labels, types, confidences)
 
 
 def apply_type_rules(

@@ -155,3 +155,29 @@ def test_region_crops_are_square_at_the_encoder_size_even_at_image_edges(where) 
     crop = region_crop(image, region, 32)
     assert crop.image.shape == (32, 32, 3) and crop.region.any()
     assert not (crop.region & crop.ring).any() and crop.ring.any()
+
+
+def test_only_the_largest_regions_are_typed_when_a_mask_breaks_into_specks(
+    tiny_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import typed_decision
+    from model.checkpoint import new_bundle
+    from model.region_features import describe_regions
+
+    bundle = new_bundle(tiny_encoder, label_sigma=2.0)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[2:12, 2:12] = True  # the largest region
+    for k in range(5):
+        mask[20 + 3 * k, 40 : 42 + k] = True  # specks, each its own region
+    labels, count = label_regions(mask)
+    regions = [labels == i for i in range(1, count + 1)]
+    descriptors = describe_regions(bundle, image, regions, cache=None)
+    head = fit_type_head(descriptors, ["square"] + ["speck"] * 5, min_regions=1)
+    assert head is not None
+    monkeypatch.setattr(typed_decision, "MAX_TYPED_REGIONS", 2)
+    typed = typed_decision.classify_regions(bundle, head, image, mask, cache=None)
+    assert len(typed.types) == count == 6
+    assert typed.types[0] != UNSPECIFIED  # the 10 × 10 square is typed
+    assert typed.types.count(UNSPECIFIED) == 4  # the largest speck typed, four left out
+    assert typed.types[-1] != UNSPECIFIED  # ... the one 6 px wide (labels run row-major)
