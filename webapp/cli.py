@@ -353,11 +353,17 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"  {name:12} IoU {f(stats['iou']).strip()}, Dice {f(stats['dice']).strip()}"
             )
-        labels = types["confusion"]["labels"]
-        lines.append("  confusion (rows true, columns predicted): " + ", ".join(labels))
-        for name, row in zip(labels, types["confusion"]["matrix"], strict=True):
-            lines.append(f"    {name:12} " + " ".join(f"{v:4d}" for v in row))
+        lines += ["  " + line for line in format_confusion(types["confusion"])]
     return "\n".join(lines)
+
+
+def format_confusion(confusion: dict) -> list[str]:
+    """A type confusion matrix (`model.type_metrics`) as text lines, rows true."""
+    labels = confusion["labels"]
+    lines = ["confusion (rows true, columns predicted): " + ", ".join(labels)]
+    for name, row in zip(labels, confusion["matrix"], strict=True):
+        lines.append(f"  {name:14} " + " ".join(f"{v:4d}" for v in row))
+    return lines
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

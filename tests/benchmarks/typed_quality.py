@@ -22,6 +22,7 @@ from model.dataset import discover, load_samples
 from model.evaluate import evaluate
 from model.pipeline import train_from_folders
 from tests.benchmarks.unseen_synth import write_unseen_dataset
+from webapp.cli import format_confusion
 
 SEGMENTATION_KEYS = ("miou", "dice", "empty_accuracy", "image_auroc", "pixel_auroc")
 
@@ -53,10 +54,7 @@ def format_typed(report: dict[str, Any]) -> str:
         lines.append(
             f"  {name:14} {f(stats['iou'])} / {f(stats['dice'])}   image IoU {f(image_iou)}"
         )
-    labels = types["confusion"]["labels"]
-    lines.append("confusion (rows true, columns predicted): " + ", ".join(labels))
-    for name, row in zip(labels, types["confusion"]["matrix"], strict=True):
-        lines.append(f"  {name:14} " + " ".join(f"{v:4d}" for v in row))
+    lines += format_confusion(types["confusion"])
     lines.append(f"per-type rules: {json.dumps(report['type_rules'])}")
     return "\n".join(lines)
 
