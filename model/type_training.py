@@ -100,10 +100,9 @@ def fit_head(
     chosen = _training_regions(items, seed)
     if not chosen:
         return None
-    examples: list[tuple[int, np.ndarray, str]] = []
-    for k, label, name in chosen:
-        examples.append((k, true_regions(items[k]).labels == label, name))
     typed_items = sorted({k for k, _, _ in chosen})
+    labels = {k: true_regions(items[k]).labels for k in typed_items}  # once per image
+    examples = [(k, labels[k] == label, name) for k, label, name in chosen]
     rng = random.Random(seed)
     if len(typed_items) > MAX_PREDICTED_IMAGES:
         typed_items = sorted(rng.sample(typed_items, MAX_PREDICTED_IMAGES))
