@@ -22,20 +22,28 @@ from model.encoders import build_encoder
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
 from model.normality import AnomalyScorer, fit_normality
-from tests.benchmarks.unseen_synth import DEFECT_TYPES, MIN_AREA, TEXTURES, _defect, _finish
+from tests.benchmarks.unseen_synth import (
+    DEFECT_TYPES,
+    MIN_AREA,
+    TEXTURES,
+    Geometry,
+    _defect,
+    _finish,
+)
 
 
 def synth_image(
     rng: np.random.Generator, size: int, kind: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """One unseen-style surface (uint8 RGB) and its defect mask (bool; empty when good)."""
+    geo = Geometry(h=size, w=size)
     texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    img = _finish(texture(rng, size), rng)
+    img = _finish(texture(rng, geo), rng)
     mask = np.zeros((size, size), np.uint8)
     if kind is not None:
-        defective, mask = _defect(kind, img, rng)
+        defective, mask = _defect(kind, img, rng, geo)
         while mask.sum() < max(1, min(MIN_AREA, size // 8)):
-            defective, mask = _defect(kind, img, rng)
+            defective, mask = _defect(kind, img, rng, geo)
         img = defective
     return (img * 255).round().astype(np.uint8), mask > 0
 
@@ -52,8 +60,10 @@ def with_shas(images: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
     return [(sha256_bytes(im.tobytes()), im) for im in images]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    """Run the benchmark, print its figures and return them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="effnet_lite0", help="built-in backbone")
     parser.add_argument("--size", type=int, default=256, help="the encoder's input size")
     parser.add_argument("--image-size", type=int, default=256, help="the images' own size")
     parser.add_argument("--fit-count", type=int, default=20)
@@ -62,11 +72,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-contrast", action="store_true")
     parser.add_argument("--projection-dim", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
 
-    encoder = build_encoder("effnet_lite0", input_size=args.size)
+    encoder = build_encoder(args.encoder, input_size=args.size)
     defective = args.test_count // 3
     fit_set = [im for im, _ in synth_set(args.seed + 1000, args.image_size, args.fit_count, 0)]
     test_set = synth_set(args.seed + 2000, args.image_size, args.test_count - defective, defective)
@@ -90,7 +100,7 @@ def main() -> None:
     good_above = float(np.mean(scores[~labels] > 1.0))
     bad_above = float(np.mean(scores[labels] > 1.0))
 
-    figures = {
+    figures: dict[str, object] = {
         "size": args.size,
         "image_size": args.image_size,
         "contrast": not args.no_contrast,
@@ -116,6 +126,7 @@ def main() -> None:
     for name, value in figures.items():
         print(f"{name}: {value}")
     print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":
