@@ -27,6 +27,7 @@ from model.errors import CheckpointError, HeatPromptError
 from model.geometry import Geometry
 from model.hashing import sha256_bytes
 from model.heatprompt_sam import HeadsConfig, HeatPromptSAM
+from model.pixel_type_net import HIDDEN, PixelTypeNet
 from model.version import code_version
 
 FORMAT = "heatprompt-checkpoint/1"
@@ -51,7 +52,9 @@ class CheckpointMeta:
     min_defect_area: int = 0
     # Flips/rotations whose predictions are averaged (the mask rule is calibrated on them).
     test_time_views: list[str] = field(default_factory=lambda: ["identity"])
-    # The defect-type head (`model.type_head.TypeHead.as_dict`; None: untyped model) and
+    # The defect-type head (None: untyped model): its "kind" ("pixel": a class map,
+    # `model.pixel_type_head`, weights in the checkpoint's state as `type_net.*`;
+    # "region", also when the key is missing: `model.type_head.TypeHead.as_dict`) and
     # the per-type mask rules calibrated for it ({type: {threshold, min_area}}).
     type_head: dict[str, Any] | None = None
     type_rules: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -74,6 +77,11 @@ class CheckpointMeta:
         return tuple(self.type_head["classes"]) if self.type_head else ()
 
     @property
+    def type_head_kind(self) -> str | None:
+        """ "pixel" or "region" (None: untyped model)."""
+        return str(self.type_head.get("kind", "region")) if self.type_head else None
+
+    @property
     def type_mask_rules(self) -> dict[str, MaskRule]:
         """Per-type mask rules (types without one follow the global rule)."""
         return {
@@ -89,10 +97,13 @@ class ModelBundle:
     encoder: FrozenEncoder
     heads: HeatPromptSAM
     meta: CheckpointMeta
+    type_net: PixelTypeNet | None = None  # a pixel-kind type head's network
 
     def to(self, device: torch.device | str) -> ModelBundle:
         self.encoder.to(device)
         self.heads.to(device)
+        if self.type_net is not None:
+            self.type_net.to(device)
         return self
 
     @property
@@ -142,12 +153,36 @@ def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
     # Metadata must be plain JSON so that checkpoints load with `weights_only=True`;
     # checking it first means a bad value never replaces a good file.
     meta = json.loads(json.dumps(bundle.meta.as_dict()))
-    payload = {
-        "format": FORMAT,
-        "meta": meta,
-        "state": bundle.heads.trainable_state_dict(),
-    }
+    state = bundle.heads.trainable_state_dict()
+    if bundle.type_net is not None:
+        state |= {TYPE_NET + k: v.detach().cpu() for k, v in bundle.type_net.state_dict().items()}
+    payload = {"format": FORMAT, "meta": meta, "state": state}
     return write_durably(path, payload)
+
+
+TYPE_NET = "type_net."  # state keys of a pixel-kind type head
+
+
+def _type_net(
+    path: Path, meta: CheckpointMeta, state: dict[str, torch.Tensor]
+) -> PixelTypeNet | None:
+    """The pixel-kind type head's network from its `type_net.*` weights (None for other
+    kinds, which must then have none)."""
+    if meta.type_head_kind != "pixel":
+        if state:
+            raise CheckpointError(f"{path}: type-head weights without a pixel type head")
+        return None
+    head = meta.type_head or {}
+    try:
+        net = PixelTypeNet(
+            int(head["in_channels"]), len(head["classes"]), int(head.get("hidden", HIDDEN))
+        )
+        net.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: pixel type head does not match its weights ({exc})"
+        ) from exc
+    return net.eval()
 
 
 # Head settings added after checkpoints were first written: what a checkpoint that lacks
@@ -258,9 +293,13 @@ def load_bundle(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: head settings do not match this version ({exc})") from exc
     heads = HeatPromptSAM(encoder, config=config)
+    type_state = {k[len(TYPE_NET) :]: v for k, v in state.items() if k.startswith(TYPE_NET)}
     try:
-        heads.load_trainable_state_dict(state)
+        heads.load_trainable_state_dict(
+            {k: v for k, v in state.items() if not k.startswith(TYPE_NET)}
+        )
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     heads.eval()
-    return ModelBundle(encoder, heads, meta).to(device)
+    type_net = _type_net(Path(path), meta, type_state)
+    return ModelBundle(encoder, heads, meta, type_net).to(device)

@@ -20,7 +20,6 @@ from model.metrics import review_score, segmentation_report
 from model.predict import Predictor
 from model.region_types import UNSPECIFIED, label_regions
 from model.tiled_prediction import predict_maps
-from model.type_head import TypeHead
 from model.type_metrics import TypedRegions, TypeTally, type_report
 from model.typed_decision import decide_types
 
@@ -83,11 +82,9 @@ def _typed_decision(
 ) -> dict[str, Any]:
     """Segmentation metrics of the typed decision (per-type rules applied) and the type
     metrics (`model.type_metrics`), to replace the untyped decision's."""
-    head = TypeHead.from_dict(bundle.meta.type_head or {})
-    rules = bundle.meta.type_mask_rules
     rule = bundle.meta.mask_rule
     typed = [
-        decide_types(bundle, head, rules, it.image, p, rule.binarize(p), cache=cache)
+        decide_types(bundle, it.image, p, rule.binarize(p), sha256=it.sha256, cache=cache)
         for it, p in zip(items, probs, strict=True)
     ]
     seg = segmentation_report(

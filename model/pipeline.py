@@ -54,6 +54,7 @@ def train_from_folders(
     patience: int = 15,
     heads: HeadsConfig | None = None,
     loss: LossWeights | None = None,
+    type_head: str = "pixel",
     progress: bool = True,
 ) -> TrainResult:
     """Discover and load every dataset and train fresh heads on them (`run_training_task`).
@@ -61,7 +62,8 @@ def train_from_folders(
     `scale`: the pixel scale tiles are cut at (1.0 native), None or "fit" for the squash
     into one tile, "auto" for fit when every image is about one tile and 1.0 otherwise.
     `test_time_views`: the first N of the flips/rotations predictions average (None: all
-    six; 1 is about six times faster per image).
+    six; 1 is about six times faster per image). `type_head`: the kind of defect-type head
+    a typed dataset teaches ("pixel" or "region", `model.type_training`).
     """
     init_from_environment()  # joins the torchrun job when launched by torchrun
     check_val_fraction(val_fraction)  # bad arguments fail before any image is read
@@ -83,6 +85,7 @@ def train_from_folders(
         patience=patience,
         tiles_per_image=tiles_per_image,
         loss=loss or LossWeights(),
+        type_head=type_head,
         **({} if test_time_views is None else {"test_time_views": TRANSFORMS[:test_time_views]}),
     )
     return run_training_task(

@@ -27,7 +27,6 @@ from model.region_types import UNSPECIFIED, RegionType, label_regions, majority_
 from model.stage_times import StageTimes
 from model.tiled_prediction import ImageMaps, predict_maps, tile_at, tile_key
 from model.tiling import TilePlan
-from model.type_head import TypeHead
 from model.typed_decision import decide_types
 
 
@@ -77,8 +76,6 @@ class Predictor:
         self.bundle = bundle
         self.cache = cache if cache is not None else FeatureCache(None, max_memory_bytes=256 << 20)
         self.views = tuple(views) if views is not None else None
-        head = bundle.meta.type_head
-        self.type_head = TypeHead.from_dict(head) if head else None
         if self.views is not None and not self.views:
             raise ValueError("at least one test-time view is needed")
 
@@ -148,8 +145,8 @@ class Predictor:
             if image_clicks:
                 self._refine(maps[i], model_images[i], shas[i], image_clicks, images[i].shape[:2])
         return [
-            self._decide(m, model_image, im.shape[:2])
-            for m, model_image, im in zip(maps, model_images, images, strict=True)
+            self._decide(m, model_image, im.shape[:2], sha)
+            for m, model_image, im, sha in zip(maps, model_images, images, shas, strict=True)
         ]
 
     def _refine(
@@ -184,14 +181,14 @@ class Predictor:
         maps.heatmap[tile.y : tile.y + h, tile.x : tile.x + w] = one.heatmap[0][:h, :w]
 
     def _decide(
-        self, maps: ImageMaps, model_image: np.ndarray, shape: tuple[int, int]
+        self, maps: ImageMaps, model_image: np.ndarray, shape: tuple[int, int], sha: str
     ) -> Prediction:
         """The image-level decision on the stitched model-space map, outputs at `shape`:
         the global mask rule, then (a typed model) each region's type and its type's
         rule, in model space as calibrated."""
         prob = maps.prob
         model_mask = self.rule.binarize(prob)  # area judged in model space, as calibrated
-        if self.type_head is None:
+        if self.bundle.meta.type_head is None:
             mask = resize_to(prob, shape) > self.threshold
             if not model_mask.any():
                 mask = np.zeros_like(mask)
@@ -199,13 +196,7 @@ class Predictor:
             names, confidences = [UNSPECIFIED] * count, [0.0] * count
         else:
             typed = decide_types(
-                self.bundle,
-                self.type_head,
-                self.bundle.meta.type_mask_rules,
-                model_image,
-                prob,
-                model_mask,
-                cache=self.cache,
+                self.bundle, model_image, prob, model_mask, sha256=sha, cache=self.cache
             )
             mask = resize_to(typed.mask.astype(np.float32), shape) > 0.5
             labels, count = label_regions(mask)

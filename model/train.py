@@ -44,7 +44,7 @@ from model.labels import skeleton_heatmap
 from model.losses import LossWeights, heatprompt_loss
 from model.metrics import review_score, segmentation_report
 from model.tiling import TilePlan
-from model.type_training import fit_region_types, typing_work
+from model.type_training import TYPE_HEAD_KINDS, fit_region_types, typing_work
 
 THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_LR = 3e-3  # peak AdamW rate: 1e-3 → 2e-3 → 3e-3 each learned faster in a budget
@@ -84,6 +84,13 @@ class TrainConfig:
     click_prob: float = 0.2
     mixed_precision: bool = True  # float16 on CUDA, bfloat16 on CPUs that support it
     loss: LossWeights = field(default_factory=LossWeights)
+    type_head: str = "pixel"  # the defect-type head's kind (`model.type_training`)
+
+    def __post_init__(self) -> None:
+        if self.type_head not in TYPE_HEAD_KINDS:
+            raise ValueError(
+                f"type head must be one of {', '.join(TYPE_HEAD_KINDS)}, got {self.type_head!r}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -363,9 +370,10 @@ def train(
             first_val_s = from_main(first_val_s, ctx)
             share = tiles_in(calib, geometry) / max(1, tiles_in(epoch_val, geometry))
             loop_budget = loop_budget_s(budget, first_val_s, len(test_views), share)
-            # Typing regions encodes a crop per region: paid from the budget as well.
+            # Teaching the type head costs tile passes too: paid from the budget as well.
             per_tile = first_val_s / max(1, tiles_in(epoch_val, geometry))
-            typing_s = per_tile * typing_work(type_items, config.seed)
+            work = typing_work(type_items, config.seed, kind=config.type_head, tile=geometry.tile)
+            typing_s = per_tile * work
             loop_budget = max(0.5 * budget, loop_budget - typing_s)
         history.append(record)
         if on_epoch:
@@ -415,6 +423,7 @@ def train(
             probs_for_types,
             cache=cache,
             seed=config.seed,
+            kind=config.type_head,
             progress=progress,
         )
         if types is not None and best_report is not None:

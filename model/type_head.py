@@ -59,6 +59,7 @@ class TypeHead:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "kind": "region",
             "classes": list(self.classes),
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),

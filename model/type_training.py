@@ -2,9 +2,16 @@
 
 The type head learns from the true regions of the training images (their typed masks, or
 the folder a dataset file sits in), so typing never touches the segmentation weights and
-cannot lower mask quality. Then, on the validation sample the global mask rule was
-calibrated on, each type with enough predicted regions gets its own mask rule where that
-scores better than the global one, and the typed decision is measured.
+cannot lower mask quality. Two kinds of head: "pixel" (the default), a per-pixel class map
+over the features the mask is made from (`model.pixel_type_head`), and "region", a
+classifier of region descriptors with an encoder pass per region (`model.type_head`). On
+the independent generator's 150 unseen images, same weights and same masks, the pixel
+head typed 0.975 of the regions right (macro-F1 0.968) against 0.924 (0.895), in 79 against
+135 ms per image (`tests/benchmarks/quality.py --typed`).
+
+Then, on the validation sample the global mask rule was calibrated on, each type with
+enough predicted regions gets its own mask rule where that scores better than the global
+one, and the typed decision is measured.
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ from model.evaluate import predict_probs
 from model.feature_cache import FeatureCache
 from model.labelled_regions import true_regions
 from model.metrics import review_score, segmentation_report
+from model.pixel_type_head import fit_pixel_head, pixel_typing_work
 from model.region_features import describe_many
 from model.region_types import UNSPECIFIED, label_regions, majority_codes
 from model.type_head import MIN_REGIONS, TypeHead, fit_type_head
 from model.type_metrics import TypedRegions, type_report
-from model.typed_decision import TypedMask, apply_type_rules, classify_regions
+from model.typed_decision import apply_type_rules, classify_regions
+from model.typed_mask import TypedMask
+
+TYPE_HEAD_KINDS = ("pixel", "region")
 
 MAX_REGIONS_PER_TYPE = 400  # true regions per type the head learns from (seeded sample)
 MAX_PREDICTED_IMAGES = 500  # images whose predicted regions it also learns from
@@ -54,9 +65,12 @@ def _training_regions(items: Sequence[LoadedSample], seed: int) -> list[tuple[in
     return sorted(chosen)
 
 
-def typing_work(items: Sequence[LoadedSample], seed: int) -> int:
-    """About how many encoder passes `fit_head` will make on `items` (one per region
-    crop, one per predicted image), so a time-bounded run can reserve them."""
+def typing_work(items: Sequence[LoadedSample], seed: int, *, kind: str, tile: int) -> int:
+    """About how many tile passes fitting a `kind` head on `items` costs (region: one
+    encoder pass per region crop and per predicted image), so a time-bounded run can
+    reserve them."""
+    if kind == "pixel":
+        return pixel_typing_work(items, tile, seed)
     chosen = _training_regions(items, seed)
     images = len({k for k, _, _ in chosen})
     predicted = min(images, MAX_PREDICTED_IMAGES)
@@ -120,14 +134,13 @@ def fit_head(
 
 def _typed(
     bundle: ModelBundle,
-    head: TypeHead,
     items: Sequence[LoadedSample],
     probs: Sequence[np.ndarray],
     rule: MaskRule,
     cache: FeatureCache | None,
 ) -> list[TypedMask]:
     return [
-        classify_regions(bundle, head, it.image, rule.binarize(p), cache=cache)
+        classify_regions(bundle, it.image, rule.binarize(p), sha256=it.sha256, cache=cache)
         for it, p in zip(items, probs, strict=True)
     ]
 
@@ -188,20 +201,31 @@ def fit_region_types(
     *,
     cache: FeatureCache | None,
     seed: int,
+    kind: str = "pixel",
     progress: bool = False,
 ) -> dict[str, Any] | None:
-    """Fit the type head and per-type rules into `bundle.meta`; the validation type
-    report (None when the data names no types: the model stays untyped)."""
+    """Fit a `kind` type head (`TYPE_HEAD_KINDS`) and per-type rules into the bundle; the
+    validation type report (None when the data names no types: the model stays untyped)."""
+    if kind not in TYPE_HEAD_KINDS:
+        raise ValueError(f"type head must be one of {', '.join(TYPE_HEAD_KINDS)}, got {kind!r}")
     meta = bundle.meta
-    meta.type_head, meta.type_rules = None, {}
-    head = fit_head(bundle, train_items, cache=cache, seed=seed, progress=progress)
-    if head is None:
-        return None
-    meta.type_head = head.as_dict()
+    meta.type_head, meta.type_rules, bundle.type_net = None, {}, None
+    if kind == "pixel":
+        pixel = fit_pixel_head(bundle, train_items, cache=cache, seed=seed, progress=progress)
+        if pixel is None:
+            return None
+        meta.type_head, bundle.type_net = pixel.as_dict(), pixel.net
+        classes = pixel.classes
+    else:
+        head = fit_head(bundle, train_items, cache=cache, seed=seed, progress=progress)
+        if head is None:
+            return None
+        meta.type_head = head.as_dict()
+        classes = head.classes
     if not calib_items:
         return None
     rule = meta.mask_rule
-    typed = _typed(bundle, head, calib_items, calib_probs, rule, cache)
+    typed = _typed(bundle, calib_items, calib_probs, rule, cache)
     rules = calibrate_type_rules(calib_items, calib_probs, typed, rule, bundle.encoder.input_size)
     meta.type_rules = {
         n: {"threshold": r.threshold, "min_area": r.min_area} for n, r in rules.items()
@@ -214,6 +238,7 @@ def fit_region_types(
         [true_regions(it) for it in calib_items],
         [TypedRegions(t.labels, t.types) for t in final],
     )
-    report["classes"] = list(head.classes)
+    report["classes"] = list(classes)
+    report["kind"] = kind
     report["rules"] = meta.type_rules
     return report

@@ -1,17 +1,18 @@
 """The decision per defect type: name each region of a mask, then apply its type's rule.
 
-After the global mask rule (`model.decision`), each connected region is described and
-typed by the model's type head; a type with a calibrated rule then re-thresholds its own
-regions (a lower threshold lets a faint stain grow into its neighbourhood, a higher one
-trims a scratch) and drops them under its own minimum area. Types without a rule (too few
-validation examples) keep the global one. Evaluation, prediction and the app all decide
-through `decide_types`, as they decide masks through `MaskRule`.
+After the global mask rule (`model.decision`), each connected region is named by the
+model's type head (a per-pixel class map, `model.pixel_type_head`, or for older models a
+classifier of region descriptors, `model.type_head`); a type with a calibrated rule then
+re-thresholds its own regions (a lower threshold lets a faint stain grow into its
+neighbourhood, a higher one trims a scratch) and drops them under its own minimum area.
+Types without a rule (too few validation examples) keep the global one. Evaluation,
+prediction and the app all decide through `decide_types`, as they decide masks through
+`MaskRule`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -19,42 +20,54 @@ import numpy as np
 from model.checkpoint import ModelBundle
 from model.decision import MaskRule
 from model.feature_cache import FeatureCache
+from model.pixel_type_head import PixelTypeHead, classify_regions_by_pixels
 from model.region_features import describe_regions
 from model.region_types import UNSPECIFIED, label_regions, majority_codes
 from model.type_head import TypeHead
+from model.typed_mask import TypedMask, largest_regions
 
 GROW = 3  # pixels a region may grow into under a lower per-type threshold
-MAX_TYPED_REGIONS = 64  # regions of one image the type head describes, largest first
-
-
-@dataclass
-class TypedMask:
-    """A mask in model space with its regions named: `labels` (int32, region i is label
-    i + 1), `types[i]` and `confidences[i]`."""
-
-    mask: np.ndarray
-    labels: np.ndarray
-    types: list[str]
-    confidences: list[float]
 
 
 def classify_regions(
     bundle: ModelBundle,
-    head: TypeHead | None,
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    sha256: str | None = None,
+    cache: FeatureCache | None,
+) -> TypedMask:
+    """Type every region of a model-space mask with the bundle's type head (all
+    unspecified for an untyped model). Only the `MAX_TYPED_REGIONS` largest are named; a
+    mask broken into more specks leaves the smallest unspecified. `sha256` (the image's
+    hash) lets a one-tile image reuse the features its mask was predicted from."""
+    kind = bundle.meta.type_head_kind
+    if kind == "pixel":
+        head = PixelTypeHead.of(bundle)
+        return classify_regions_by_pixels(bundle, head, image, mask, sha256=sha256, cache=cache)
+    if kind is None:
+        labels, count = label_regions(mask)
+        return TypedMask(mask, labels, [UNSPECIFIED] * count, [0.0] * count)
+    return classify_by_descriptors(
+        bundle, TypeHead.from_dict(bundle.meta.type_head or {}), image, mask, cache=cache
+    )
+
+
+def classify_by_descriptors(
+    bundle: ModelBundle,
+    head: TypeHead,
     image: np.ndarray,
     mask: np.ndarray,
     *,
     cache: FeatureCache | None,
 ) -> TypedMask:
-    """Type every region of a model-space mask (all unspecified without a head). Only the
-    `MAX_TYPED_REGIONS` largest are described (each costs an encoder pass); a mask broken
-    into more specks leaves the smallest unspecified."""
+    """Type the regions with a region-kind head: each region's descriptors (an encoder
+    pass over a context crop per region) through its classifier."""
     labels, count = label_regions(mask)
     types, confidences = [UNSPECIFIED] * count, [0.0] * count
-    if head is None or count == 0:
+    if count == 0:
         return TypedMask(mask, labels, types, confidences)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    largest = sorted(np.argsort(-areas, kind="stable")[:MAX_TYPED_REGIONS].tolist())
+    largest = largest_regions(labels, count)
     regions = [labels == i + 1 for i in largest]
     named = head.predict(describe_regions(bundle, image, regions, cache=cache))
     for i, (name, confidence) in zip(largest, named, strict=True):
@@ -93,16 +106,17 @@ def apply_type_rules(
 
 def decide_types(
     bundle: ModelBundle,
-    head: TypeHead | None,
-    rules: Mapping[str, MaskRule],
     image: np.ndarray,
     prob: np.ndarray,
     mask: np.ndarray,
     *,
+    sha256: str | None = None,
     cache: FeatureCache | None,
 ) -> TypedMask:
-    """Typed regions of a model-space image whose global decision gave `mask`."""
-    typed = classify_regions(bundle, head, image, mask, cache=cache)
+    """Typed regions of a model-space image whose global decision gave `mask`, each type
+    then decided by its own rule (the bundle's)."""
+    typed = classify_regions(bundle, image, mask, sha256=sha256, cache=cache)
+    rules = bundle.meta.type_mask_rules
     return apply_type_rules(prob, typed, rules, bundle.meta.mask_threshold)
 
 

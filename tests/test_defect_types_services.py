@@ -157,6 +157,47 @@ def test_accept_copies_the_predictions_types(services: Services) -> None:
     assert crack is not None and services.type_mask(image_id, "correction")[6, 10] == crack.id
 
 
+def test_accept_with_regions_retyped_stores_them_as_a_correction(services: Services) -> None:
+    inspector = _user(services, Role.inspector)
+    image_id = _image(services)
+    services._store_prediction(image_id, _prediction(["crack", "unspecified"], [0.8, 0.4]), None)
+    predicted = services.type_mask(image_id, "prediction")
+    same = services.save_correction(
+        image_id,
+        inspector,
+        action="accepted",
+        mask=None,
+        based_on=_state(services, image_id),
+        types=predicted.copy(),  # nothing retyped: still an accept
+    )
+    assert services.history(image_id)[-1].action == "accepted" and same
+    dent = services.add_defect_type(_user(services, Role.admin), "dent")["id"]
+    shown = np.zeros_like(predicted)
+    shown[predicted == UNSPECIFIED_ID] = dent  # the second region retyped; the first untouched
+    services.save_correction(
+        image_id,
+        inspector,
+        action="accepted",
+        mask=None,
+        based_on=_state(services, image_id),
+        types=shown,
+    )
+    assert services.history(image_id)[-1].action == "corrected"
+    stored = services.type_mask(image_id, "correction")
+    np.testing.assert_array_equal(stored > 0, predicted > 0)  # the prediction's mask
+    crack = services.repo.types.by_name("crack")
+    assert crack is not None and stored[6, 10] == crack.id and stored[22, 32] == dent
+    with pytest.raises(ValueError, match="types are 3x3"):
+        services.save_correction(
+            image_id,
+            inspector,
+            action="accepted",
+            mask=None,
+            based_on=_state(services, image_id),
+            types=np.zeros((3, 3), np.uint8),
+        )
+
+
 # ---------------------------------------------------------------------- predictions
 def test_a_typed_prediction_is_stored_with_new_types_and_regions(services: Services) -> None:
     image_id = _image(services)

@@ -16,7 +16,8 @@ from model.region_types import (
 )
 from model.type_head import TypeHead, fit_type_head, trainable_types
 from model.type_metrics import TypedRegions, type_report
-from model.typed_decision import TypedMask, apply_type_rules
+from model.typed_decision import apply_type_rules
+from model.typed_mask import TypedMask
 
 
 def _two_regions() -> np.ndarray:
@@ -160,7 +161,7 @@ def test_region_crops_are_square_at_the_encoder_size_even_at_image_edges(where) 
 def test_only_the_largest_regions_are_typed_when_a_mask_breaks_into_specks(
     tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from model import typed_decision
+    from model import typed_decision, typed_mask
     from model.checkpoint import new_bundle
     from model.region_features import describe_regions
 
@@ -175,8 +176,8 @@ def test_only_the_largest_regions_are_typed_when_a_mask_breaks_into_specks(
     descriptors = describe_regions(bundle, image, regions, cache=None)
     head = fit_type_head(descriptors, ["square"] + ["speck"] * 5, min_regions=1)
     assert head is not None
-    monkeypatch.setattr(typed_decision, "MAX_TYPED_REGIONS", 2)
-    typed = typed_decision.classify_regions(bundle, head, image, mask, cache=None)
+    monkeypatch.setattr(typed_mask, "MAX_TYPED_REGIONS", 2)
+    typed = typed_decision.classify_by_descriptors(bundle, head, image, mask, cache=None)
     assert len(typed.types) == count == 6
     assert typed.types[0] != UNSPECIFIED  # the 10 × 10 square is typed
     assert typed.types.count(UNSPECIFIED) == 4  # the largest speck typed, four left out

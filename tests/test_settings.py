@@ -96,3 +96,14 @@ def test_the_per_type_promotion_margin_reaches_the_retraining_gate(
     monkeypatch.setenv("HEATPROMPT_TYPE_REGRESSION_MARGIN", "-1")
     with pytest.raises(ValidationError, match="type_regression_margin"):
         load_settings()
+
+
+def test_the_type_head_kind_reaches_the_training_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_training_env(monkeypatch)
+    monkeypatch.delenv("HEATPROMPT_CONFIG", raising=False)
+    assert load_settings().training.train_config().type_head == "pixel"
+    monkeypatch.setenv("HEATPROMPT_TRAINING__TYPE_HEAD", "region")
+    assert load_settings().training.train_config().type_head == "region"
+    monkeypatch.setenv("HEATPROMPT_TRAINING__TYPE_HEAD", "blob")
+    with pytest.raises(ValidationError, match=r"training\.type_head"):
+        load_settings()

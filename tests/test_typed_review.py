@@ -208,8 +208,28 @@ def test_accept_keeps_the_predicted_types(
     predicted = services.type_mask(image_id, "prediction")
     assert set(np.unique(predicted)) <= {0, scratch, dent} and predicted.any()
     *_, status = client.predict(None, "", "arrival", 0.45, "scratch", api_name="/accepted")
-    assert f"accepted for image {image_id}" in status, status
+    assert f"Saved accepted for image {image_id}" in status, status
     np.testing.assert_array_equal(services.type_mask(image_id, "correction"), predicted)
+
+
+def test_accept_after_retyping_a_region_saves_the_new_type(
+    running_app: RunningApp, types: dict[str, dict[str, Any]]
+) -> None:
+    scratch, dent = types["scratch"]["id"], types["dent"]["id"]
+    services = running_app.app.services
+    image_id = _typed_image(running_app, 3, [(scratch, 0.9), (dent, 0.7)])
+    client = _client(running_app, "inspector")
+    out = client.predict("arrival", 0.45, "dent", api_name="/next_image")
+    assert _shown_id(out) == image_id, out[-1]
+    _select(client, "regions", (25, 15), *(None,) * 5, 0.45)  # region A, a scratch
+    *_, status = client.predict(None, 0.45, dent, api_name="/set_type")
+    assert "Region 1 is now **dent**" in status
+    *_, status = client.predict(None, "", "arrival", 0.45, "dent", api_name="/accepted")
+    assert f"Saved corrected for image {image_id}" in status, status  # its types were wrong
+    codes = services.type_mask(image_id, "correction")
+    predicted = services.type_mask(image_id, "prediction")
+    np.testing.assert_array_equal(codes > 0, predicted > 0)  # the predicted mask, accepted
+    assert (codes[REGION_A] == dent).all() and (codes[REGION_B] == dent).all()
 
 
 # ------------------------------------------------------------------ the pieces, alone

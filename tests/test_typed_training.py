@@ -14,6 +14,7 @@ from PIL import Image
 from model.checkpoint import load_bundle
 from model.dataset import discover, load_samples
 from model.evaluate import evaluate, evaluate_native
+from model.feature_cache import FeatureCache
 from model.labelled_regions import has_types, true_regions
 from model.pipeline import train_from_folders
 from model.predict import Predictor
@@ -80,6 +81,50 @@ def test_a_typed_dataset_trains_a_type_head_with_its_folder_names(typed_model) -
     val_types = bundle.meta.metrics["val"]["types"]
     assert set(val_types) >= {"type_accuracy", "type_macro_f1", "confusion", "per_type"}
     assert set(bundle.meta.type_rules) <= set(classes)
+    assert bundle.meta.type_head_kind == "pixel"  # the default kind, its net saved beside
+    assert bundle.type_net is not None and bundle.type_net.classes == len(classes)
+
+
+def test_a_region_kind_type_head_trains_and_older_checkpoints_load_as_one(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.errors import CheckpointError
+
+    data = write_unseen_dataset(tmp_path / "train", seed=7, count=40, size=64)
+    result = train_from_folders(
+        data=[data],
+        out=tmp_path / "region.pt",
+        encoder="sam_tiny",
+        input_size=64,
+        scale="fit",
+        epochs=1,
+        batch_size=8,
+        test_time_views=1,
+        type_head="region",
+        progress=False,
+    )
+    bundle = load_bundle(result.checkpoint)
+    assert bundle.meta.type_head_kind == "region" and bundle.type_net is None
+    image = np.asarray(Image.open(discover(data)[-1].image_path).convert("RGB"))
+    named = {r.name for r in Predictor(bundle).predict(image).regions}
+    assert named <= {*bundle.meta.defect_types, UNSPECIFIED}
+    # Region heads were written without a "kind" before pixel heads existed.
+    older = dataclasses.replace(
+        bundle.meta,
+        type_head={k: v for k, v in (bundle.meta.type_head or {}).items() if k != "kind"},
+    )
+    save_checkpoint(tmp_path / "older.pt", dataclasses.replace(bundle, meta=older))
+    assert load_bundle(tmp_path / "older.pt").meta.type_head_kind == "region"
+    # Pixel-head weights in a checkpoint whose head is not a pixel head: refused.
+    stray = dataclasses.replace(bundle, type_net=torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    save_checkpoint(tmp_path / "stray.pt", stray)
+    with pytest.raises(CheckpointError, match="without a pixel type head"):
+        load_bundle(tmp_path / "stray.pt")
+    with pytest.raises(ValueError, match="type head must be one of"):
+        train_from_folders(data=[data], out=tmp_path / "x.pt", type_head="blob", progress=False)
 
 
 def test_typed_predictions_name_every_region(typed_model) -> None:  # type: ignore[no-untyped-def]
@@ -137,16 +182,65 @@ def test_an_untyped_dataset_trains_an_untyped_model(tmp_path: Path, synth_dir: P
     assert "types" not in evaluate(bundle, load_samples(discover(images), 64), ablation=False)
 
 
-def test_typing_work_counts_crops_only_for_typed_regions(tmp_path: Path) -> None:
+def test_typing_work_counts_passes_only_for_typed_regions(tmp_path: Path) -> None:
+    from model.pixel_type_head import EPOCH_COST, EPOCHS
     from model.type_training import typing_work
 
     data = write_unseen_dataset(tmp_path / "d", seed=2, count=10, size=64)
     items = load_samples(discover(data), 64)
     regions = sum(len(true_regions(it).types) for it in items)
-    work = typing_work(items, seed=0)
+    work = typing_work(items, seed=0, kind="region", tile=64)
     assert regions < work <= 2 * regions + len(items)  # crops, and predicted images again
+    defective = sum(it.defective for it in items)  # one tile each: the images are 64 px
+    pixel = typing_work(items, seed=0, kind="pixel", tile=64)
+    assert pixel == round(defective * (1 + EPOCHS * EPOCH_COST))
     untyped = [
         dataclasses.replace(it, sample=dataclasses.replace(it.sample, defect_type="defect"))
         for it in items
     ]
-    assert typing_work(untyped, seed=0) == 0
+    for kind in ("region", "pixel"):
+        assert typing_work(untyped, seed=0, kind=kind, tile=64) == 0
+
+
+def test_the_pixel_type_head_learns_types_and_maps_every_pixel(typed_model) -> None:  # type: ignore[no-untyped-def]
+    from model.pixel_type_head import (
+        classify_regions_by_pixels,
+        fit_pixel_head,
+        type_probabilities,
+    )
+
+    checkpoint, _ = typed_model
+    bundle = load_bundle(checkpoint)
+    cache = FeatureCache(checkpoint.parent / "cache")
+    items = load_samples(discover(checkpoint.parent / "train"), bundle.encoder.input_size)
+    head = fit_pixel_head(bundle, items, cache=cache, seed=0)
+    assert head is not None and set(head.classes) <= set(DEFECT_TYPES)
+    assert len(head.classes) >= 3
+    right = total = 0
+    for item in items:
+        truth = true_regions(item)
+        typed = classify_regions_by_pixels(
+            bundle, head, item.image, item.mask, sha256=item.sha256, cache=cache
+        )
+        assert len(typed.types) == len(truth.types)
+        for got, want in zip(typed.types, truth.types, strict=True):
+            if want in head.classes:
+                total += 1
+                right += got == want
+    assert total > 20 and right / total >= 0.6  # five types: chance is about 0.2
+    strip = np.zeros((40, 150, 3), np.uint8)  # not a tile: padded, tiled and stitched
+    probs = type_probabilities(bundle, head, strip, sha256=None, cache=None)
+    assert probs.shape == (len(head.classes), 40, 150)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_region_weights_give_every_typed_region_the_same_total() -> None:
+    from model.pixel_type_head import _region_weights
+
+    target = np.full((20, 20), -1, np.int64)
+    target[0:2, 0:2] = 0  # 4 pixels
+    target[10:20, 10:20] = 1  # 100 pixels
+    w = _region_weights(target)
+    assert w[target < 0].sum() == 0
+    assert w[0:2, 0:2].sum() == pytest.approx(1.0)
+    assert w[10:20, 10:20].sum() == pytest.approx(1.0)

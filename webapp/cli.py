@@ -62,6 +62,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "when every image is about one tile, else 1.0",
     )
     p.add_argument(
+        "--type-head",
+        choices=("pixel", "region"),
+        default="pixel",
+        help="defect-type head of a typed dataset: a per-pixel class map (default) or a "
+        "classifier of region descriptors (an encoder pass per region)",
+    )
+    p.add_argument(
         "--tiles-per-image",
         type=int,
         default=6,
@@ -301,6 +308,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         scale=args.scale,
         tiles_per_image=args.tiles_per_image,
         test_time_views=args.test_time_views,
+        type_head=args.type_head,
         tile_overlap=args.tile_overlap,
         cache_dir=args.cache_dir,
     )

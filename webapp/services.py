@@ -60,6 +60,7 @@ from webapp.prediction_queue import PredictionQueue
 from webapp.region_view import regions_view
 from webapp.review_order import OrderContext, strategy
 from webapp.settings import Settings
+from webapp.typed_regions import retyped
 from webapp.views import correction_view
 
 log = logging.getLogger(__name__)
@@ -543,7 +544,10 @@ class Services:
 
         `types` is the type mask of `mask` (defect-type ids at the image's size, 0 outside
         the mask; None: every region "unspecified"). Accept without a mask stores the mask
-        and the type mask of the prediction in `based_on`. A save based on an older
+        and the type mask of the prediction in `based_on`; Accept with `types` (regions
+        retyped on screen) stores the prediction's mask with those types, as a correction
+        when they differ from the predicted ones (the model's mask was right, its types
+        were not). A save based on an older
         state (a newer prediction or correction exists) or on an image another reviewer
         holds is refused with `SaveConflict` (409) and stores nothing.
         """
@@ -558,8 +562,13 @@ class Services:
             if pred.image_id != image_id:
                 raise NotFoundError(f"image {image_id} has no prediction {state.prediction_id}")
             mask = decode_mask(self.repo.blobs.get(pred.mask_sha256))
+            predicted = self._types_blob(pred.types_sha256)
             if types is None:
-                types = self._types_blob(pred.types_sha256)
+                types = predicted
+            else:  # the prediction's mask with the reviewer's types
+                types = retyped(mask, types, predicted)
+                if types is not predicted:
+                    action = CorrectionAction.corrected.value
         correction_id = self.repo.reviews.save_correction(
             image_id,
             author=user.name,

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -46,6 +46,8 @@ class TrainingSettings:
     scale: str | float = "auto"
     input_size: int | None = Field(default=None, ge=32)
     tiles_per_image: int | None = Field(default=None, ge=1)
+    # The defect-type head's kind: "pixel" (a class map; the default) or "region".
+    type_head: Literal["pixel", "region"] | None = None
 
     def __post_init__(self) -> None:
         parse_scale(self.scale)  # a bad value fails when the settings are read

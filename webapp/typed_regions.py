@@ -247,3 +247,18 @@ def ring(region: np.ndarray, width: int = 2) -> np.ndarray:
         step[:, :-1] |= grown[:, 1:]
         grown = step
     return grown & ~region
+
+
+def retyped(mask: np.ndarray, types: np.ndarray, predicted: np.ndarray | None) -> np.ndarray | None:
+    """The type map of `mask` with the reviewer's `types` where they name a pixel of it and
+    the `predicted` ones elsewhere (None: every pixel unspecified); `predicted` itself (the
+    very object) when that changes nothing. ValueError when the shapes differ."""
+    if types.shape != mask.shape:
+        shown = "x".join(str(n) for n in types.shape[::-1])
+        raise ValueError(f"types are {shown} but the mask is {mask.shape[1]}x{mask.shape[0]}")
+    mask = mask.astype(bool)
+    theirs = np.zeros(mask.shape, np.uint8) if predicted is None else predicted.astype(np.uint8)
+    theirs = np.where(mask, theirs, 0).astype(np.uint8)
+    theirs[mask & (theirs == 0)] = UNSPECIFIED_ID
+    mine = np.where(mask & (types > 0), types, theirs).astype(np.uint8)
+    return predicted if np.array_equal(mine, theirs) else mine

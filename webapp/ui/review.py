@@ -274,6 +274,8 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                 if action is CorrectionAction.corrected:
                     edited = fold(typed, value, screen, type_styles(services))
                     mask, types = edited.mask, edited.types
+                elif action is CorrectionAction.accepted and typed is not None:
+                    types = typed.types  # regions retyped on screen keep their new type
                 cid = services.save_correction(
                     image_id,
                     user,
@@ -303,11 +305,11 @@ def build_review(services: Services, page: gr.Blocks) -> None:
                     counts_line(services),
                     f"⚠ {exc}",
                 )
+            # The stored action: an accept of retyped regions is stored as a correction.
+            stored = next((c.action for c in services.history(image_id) if c.id == cid), None)
+            saved = (stored or action).value.replace("_", "-")
             head = next_image(order, opacity, kind, request)
-            return (
-                *head[:-1],
-                f"Saved {action.value.replace('_', '-')} for image {image_id} (correction {cid}).",
-            )
+            return (*head[:-1], f"Saved {saved} for image {image_id} (correction {cid}).")
 
         return handler
 
