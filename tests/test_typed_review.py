@@ -121,7 +121,9 @@ def test_admins_add_types_in_the_panel_and_others_may_not(
     assert "review shortcut" in reserved
     *_, near = admin.predict("pit", "#00a8ff", "p", api_name="/add_defect_type")
     assert "background brush" in near
-    listing, suggested, added = admin.predict("pit", "#8000ff", "p", api_name="/add_defect_type")
+    listing, _which, suggested, added = admin.predict(
+        "pit", "#8000ff", "p", api_name="/add_defect_type"
+    )
     assert "Added defect type **pit**" in added
     stored = {t["name"]: t for t in running_app.app.services.defect_types()}
     assert stored["pit"]["color"] == "#8000ff" and stored["pit"]["key"] == "p"
@@ -133,6 +135,38 @@ def test_admins_add_types_in_the_panel_and_others_may_not(
     picker, _filter, legend = admin.predict(api_name="/types")
     assert '"p": "' in legend.replace("&quot;", '"')  # the key is on the page for the script
     assert ["pit [p]", stored["pit"]["id"]] in picker["choices"]
+
+
+def test_admins_change_a_types_name_colour_and_key_in_the_panel(
+    running_app: RunningApp, types: dict[str, dict[str, Any]]
+) -> None:
+    services = running_app.app.services
+    admin = _client(running_app, "admin")
+    dent = types["dent"]
+    name, colour, key = admin.predict(dent["id"], api_name="/defect_type_fields")
+    assert (name, colour, key) == (dent["name"], dent["color"], dent["key"] or "")
+    *_, status = admin.predict(
+        dent["id"], "dent (deep)", "#00c000", "e", api_name="/save_defect_type"
+    )
+    assert "Saved defect type **dent (deep)**" in status, status
+    stored = {t["id"]: t for t in services.defect_types()}[dent["id"]]
+    assert (stored["name"], stored["color"], stored["key"]) == ("dent (deep)", "#00c000", "e")
+    picker, _filter, legend = admin.predict(api_name="/types")  # pickers follow the change
+    assert ["dent (deep) [e]", dent["id"]] in picker["choices"] and "dent (deep)" in legend
+    *_, status = admin.predict(dent["id"], "dent", dent["color"], "", api_name="/save_defect_type")
+    assert {t["id"]: t for t in services.defect_types()}[dent["id"]]["key"] is None  # key off
+    *_, status = admin.predict(1, "nothing", "#ffcc00", "", api_name="/save_defect_type")
+    assert status.startswith("⚠") and "cannot be renamed" in status
+    *_, status = admin.predict(dent["id"], "dent", "#00c000", "k", api_name="/save_defect_type")
+    assert status.startswith("⚠") and "review shortcut" in status
+    *_, status = admin.predict(0, "dent", "#00c000", "", api_name="/save_defect_type")
+    assert status.startswith("⚠") and "choose the type" in status
+    viewer = _client(running_app, "viewer")
+    *_, refused = viewer.predict(dent["id"], "x", "#00c000", "", api_name="/save_defect_type")
+    assert refused.startswith("⚠") and "cannot manage defect types" in refused
+    assert {t["id"]: t for t in services.defect_types()}[dent["id"]]["name"] == "dent"
+    restore = {"color": dent["color"], "key": dent["key"]}  # as the other tests expect it
+    services.update_defect_type(services.user("admin"), dent["id"], **restore)
 
 
 def test_a_region_is_selected_retyped_and_saved_with_painted_typed_strokes(

@@ -1,5 +1,5 @@
 """Defect types on the page: the picker's choices, the legend (colour, name, shortcut key),
-the queue filter's choices, and the admin panel that adds types.
+the queue filter's choices, and the admin panel that adds and changes types.
 
 The legend also carries the key → picker-label table that `static/shortcuts.js` reads, so
 the page's shortcut keys follow the database without a reload of the script.
@@ -96,14 +96,39 @@ def normalise_colour(color: str | None) -> str | None:
     return text
 
 
-def build_type_admin(services: Services, page: gr.Blocks) -> Any:
+NEW_TYPE = 0  # the panel's "which type" choice for a type not yet added
+
+
+def edit_choices(types: Sequence[TypeStyle]) -> list[tuple[str, int]]:
+    """The panel's "which type" choices: a new one, then every existing type."""
+    return [("New type", NEW_TYPE), *((t.label, t.id) for t in types)]
+
+
+def build_type_admin(services: Services, page: gr.Blocks) -> list[Any]:
     """The Defect types panel: every type with its colour and key for everyone, and for
-    admins a form to add one. Returns the add event, for other panels to follow it."""
+    admins a form to add a type or change one (name, colour, key). Returns the add and
+    save events, for other panels to follow them."""
 
     def listing(request: gr.Request):  # type: ignore[no-untyped-def]
         user = signed_in(services, request)
         types = type_styles(services)
-        return legend_html(types), gr.update(visible=may_manage(user)), suggested_colour(types)
+        return (
+            legend_html(types),
+            gr.update(visible=may_manage(user)),
+            suggested_colour(types),
+            gr.update(choices=edit_choices(types), value=NEW_TYPE),
+        )
+
+    def chosen(type_id: int | None):  # type: ignore[no-untyped-def]
+        """The form filled with the chosen type's fields (empty for a new one)."""
+        types = type_styles(services)
+        found = next((t for t in types if t.id == type_id), None)
+        if found is None:
+            return "", suggested_colour(types), ""
+        return found.name, found.color, found.key or ""
+
+    def choices(value: int):  # type: ignore[no-untyped-def]
+        return gr.update(choices=edit_choices(type_styles(services)), value=value)
 
     def add(name: str, color: str | None, key: str, request: gr.Request):  # type: ignore[no-untyped-def]
         user = signed_in(services, request)
@@ -112,25 +137,61 @@ def build_type_admin(services: Services, page: gr.Blocks) -> Any:
                 raise PermissionDenied("sign in as an admin to add defect types")
             colour = normalise_colour(color)
             check_new_type(colour, key or None)
-            services.add_defect_type(user, name, color=colour, key=key or None)
-            message = f"Added defect type **{html.escape(name.strip())}**."
+            added = services.add_defect_type(user, name, color=colour, key=key or None)
+        except (PermissionDenied, StorageError, ValueError) as exc:
+            return legend_html(type_styles(services)), gr.update(), gr.update(), f"⚠ {exc}"
+        types = type_styles(services)  # the form is ready for the next new type
+        message = f"Added defect type **{html.escape(added['name'])}**."
+        return legend_html(types), choices(NEW_TYPE), suggested_colour(types), message
+
+    def save(type_id: int | None, name: str, color: str | None, key: str, request: gr.Request):  # type: ignore[no-untyped-def]
+        user = signed_in(services, request)
+        try:
+            if user is None:
+                raise PermissionDenied("sign in as an admin to change defect types")
+            if not type_id:
+                raise ValueError("choose the type to change (or add a new one)")
+            colour = normalise_colour(color)
+            check_new_type(colour, key or None)
+            fields: dict[str, Any] = {"name": name, "key": key or None}
+            if colour:
+                fields["color"] = colour
+            saved = services.update_defect_type(user, int(type_id), **fields)
         except (PermissionDenied, StorageError, ValueError) as exc:
             return legend_html(type_styles(services)), gr.update(), f"⚠ {exc}"
-        types = type_styles(services)
-        return legend_html(types), suggested_colour(types), message
+        message = f"Saved defect type **{html.escape(saved['name'])}**."
+        return legend_html(type_styles(services)), choices(saved["id"]), message
 
     legend = gr.HTML(elem_id="types-list")
     with gr.Group(visible=False) as form:
+        which = gr.Dropdown(
+            label="Type",
+            choices=[("New type", NEW_TYPE)],
+            value=NEW_TYPE,
+            allow_custom_value=True,  # types added since the page loaded; the store checks
+            elem_id="edit-type",
+        )
         with gr.Row():
             name = gr.Textbox(label="Name", max_lines=1, elem_id="new-type-name", scale=3)
             color = gr.ColorPicker(label="Colour", scale=1, elem_id="new-type-colour")
             key = gr.Textbox(label="Key", max_lines=1, max_length=1, elem_id="new-type-key")
-        add_btn = gr.Button("Add defect type (admin)", elem_id="btn-add-type")
+        with gr.Row():
+            add_btn = gr.Button("Add defect type (admin)", elem_id="btn-add-type")
+            save_btn = gr.Button("Save changes (admin)", elem_id="btn-save-type")
     message = gr.Markdown(elem_id="types-status")
-    page.load(listing, None, [legend, form, color])
-    return add_btn.click(
-        add, [name, color, key], [legend, color, message], api_name="add_defect_type"
-    )
+    page.load(listing, None, [legend, form, color, which])
+    which.input(chosen, [which], [name, color, key], api_name="defect_type_fields")
+    return [
+        add_btn.click(
+            add, [name, color, key], [legend, which, color, message], api_name="add_defect_type"
+        ),
+        save_btn.click(
+            save,
+            [which, name, color, key],
+            [legend, which, message],
+            api_name="save_defect_type",
+        ),
+    ]
 
 
 def may_manage(user: User | None) -> bool:

@@ -473,7 +473,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         earlier = gr.Dropdown(label="View an earlier mask", choices=[], elem_id="earlier")
         earlier_img = gr.Image(label="Earlier mask", interactive=False, elem_id="earlier-mask")
     with gr.Accordion("Defect types", open=False, elem_id="types-panel"):
-        added = build_type_admin(services, page)
+        types_changed = build_type_admin(services, page)
 
     # ------------------------------------------------------------------ events
     review_out = [
@@ -498,7 +498,7 @@ def build_review(services: Services, page: gr.Blocks) -> None:
     shared = Shared(
         current, shown, screen, heat, editor, overlay_img, overview, opacity, status_md, type_filter
     )
-    then_regions = panel.wire(page, shared, added)
+    then_regions = panel.wire(page, shared, types_changed)
     then_regions(page.load(on_load, [order, opacity, type_filter], review_out))
     then_regions(
         next_btn.click(next_image, [order, opacity, type_filter], review_out, api_name="next_image")

@@ -9,7 +9,7 @@ as the reviewer painted it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -164,7 +164,9 @@ class RegionPanel:
         )
 
     # ------------------------------------------------------------------ events
-    def wire(self, page: gr.Blocks, shared: Shared, added: Any) -> Callable[[Any], None]:
+    def wire(
+        self, page: gr.Blocks, shared: Shared, changed: Sequence[Any]
+    ) -> Callable[[Any], None]:
         """Wire the controls; returns what the tab calls on each of its events that change
         the shown mask, its view or the selection, to redraw the regions after it."""
         s = shared
@@ -196,7 +198,8 @@ class RegionPanel:
         )
         types_out = [self.picker, s.type_filter, self.keys_html]
         page.load(self.refresh_types, None, types_out, api_name="types")
-        added.then(self.refresh_types, None, types_out)
+        for event in changed:  # a type added or changed in the Defect types panel
+            event.then(self.refresh_types, None, types_out)
         # The regions as an API call too (the chained redraws run from the page only).
         regions_api = gr.Button(visible=False)
         regions_api.click(self.show_regions, regions_in, regions_out, api_name="regions")
