@@ -51,7 +51,6 @@ BLUR_SIGMA = 4.0
 PIXEL_QUANTILE = 0.99
 CALIBRATION_IMAGES = 32  # leave-one-out scoring of at most this many good images
 BATCH = 8
-BANK_VIEWS: tuple[str, ...] = ("identity",)
 
 
 @dataclass(frozen=True)
@@ -156,11 +155,9 @@ def _patches(
     levels: tuple[int, int],
     contrast: bool,
     projection: np.ndarray | None,
-    transform: str = "identity",
 ) -> np.ndarray:
-    """(B, h, w, D) float32 patch features of the images seen as `transform` names,
-    encoded through the cache."""
-    frozen = encode_cached(encoder, images, shas, cache, batch_size=BATCH, transform=transform)
+    """(B, h, w, D) float32 patch features, encoded through the cache."""
+    frozen = encode_cached(encoder, images, shas, cache, batch_size=BATCH)
     emb = patch_embedding(frozen.features, levels, contrast=contrast).permute(0, 2, 3, 1)
     out = emb.numpy()
     return out @ projection if projection is not None else np.ascontiguousarray(out)
@@ -190,16 +187,11 @@ def fit_normality(
     seed: int = 0,
     contrast: bool = True,
     projection_dim: int | None = None,
-    views: Sequence[str] = BANK_VIEWS,
 ) -> NormalityModel:
     """Fit on known-good `(sha256, RGB uint8 HxWx3)` images: coreset bank + calibration.
 
     `projection_dim` optionally shrinks patch features with a seeded random projection.
-    `views` (flips and turns, `model.augment`) each add every good image's patches as
-    seen that way: a surface's texture may lie in any direction on the next part.
     """
-    if not views or views[0] != "identity":
-        raise ValueError(f"views must start with 'identity', got {list(views)}")
     if len(images) < 2:
         raise ValueError(f"a normality model needs at least 2 known-good images, got {len(images)}")
     if not 0.0 < coreset_ratio <= 1.0:
@@ -210,30 +202,27 @@ def fit_normality(
     if projection_dim is not None and projection_dim < dim:
         projection = random_projection(dim, projection_dim, seed=seed + 1)
     feats = []
-    for view in views:  # view-major: the first len(images) grids are the upright ones
-        for start in range(0, len(images), BATCH):
-            chunk = images[start : start + BATCH]
-            feats.append(
-                _patches(
-                    encoder,
-                    [im for _, im in chunk],
-                    [sha for sha, _ in chunk],
-                    cache,
-                    levels=levels,
-                    contrast=contrast,
-                    projection=projection,
-                    transform=view,
-                )
+    for start in range(0, len(images), BATCH):
+        chunk = images[start : start + BATCH]
+        feats.append(
+            _patches(
+                encoder,
+                [im for _, im in chunk],
+                [sha for sha, _ in chunk],
+                cache,
+                levels=levels,
+                contrast=contrast,
+                projection=projection,
             )
-    grid = np.concatenate(feats)  # (V·N, h, w, D)
-    n = len(images)
-    _, h, w, d = grid.shape
+        )
+    grid = np.concatenate(feats)  # (N, h, w, D)
+    n, h, w, d = grid.shape
     flat = grid.reshape(-1, d)
     k = max(1, min(max_patches, round(coreset_ratio * len(flat))))
     chosen = k_center_greedy(flat, k, seed=seed)
     bank = flat[chosen].astype(np.float16).astype(np.float32)  # stored as float16
-    owner = (chosen // (h * w)) % n  # the good image a bank patch came from, in any view
-    pixel_t, image_t, position = _calibrate(grid[:n], bank, owner, encoder.input_size, seed=seed)
+    owner = chosen // (h * w)
+    pixel_t, image_t, position = _calibrate(grid, bank, owner, encoder.input_size, seed=seed)
     return NormalityModel(
         encoder_id=encoder.encoder_id,
         cache_id=encoder.cache_id,

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.augment import apply_transform
 from model.encoders.base import EncoderOutput, FrozenEncoder
 from model.feature_cache import CacheKey, FeatureCache
 from model.fusion import texture_contrast
@@ -72,10 +71,8 @@ def encode_cached(
     cache: FeatureCache | None,
     *,
     batch_size: int = 8,
-    transform: str = "identity",
 ) -> EncoderOutput:
-    """Frozen outputs for RGB images of any size, resized to the encoder's input size and
-    then flipped or turned as `transform` names (`model.augment`).
+    """Frozen outputs for RGB images of any size, resized to the encoder's input size.
 
     Keys match the predictor's, so an image is encoded once whether it is predicted,
     scored or used as a known-good sample.
@@ -83,9 +80,7 @@ def encode_cached(
     size = encoder.input_size
 
     def compute(indices: list[int]) -> EncoderOutput:
-        batch = np.stack(
-            [apply_transform(resize_image(images[i], size), transform) for i in indices]
-        )
+        batch = np.stack([resize_image(images[i], size) for i in indices])
         return encoder.encode(torch.from_numpy(batch))
 
     if cache is None:
@@ -94,5 +89,5 @@ def encode_cached(
             for i in range(0, len(images), batch_size)
         ]
         return EncoderOutput.stack(chunks)
-    keys = [CacheKey(sha, encoder.cache_id, size, transform) for sha in shas]
+    keys = [CacheKey(sha, encoder.cache_id, size) for sha in shas]
     return cache.get_or_compute(keys, compute, batch_size=batch_size)

@@ -172,16 +172,3 @@ def test_cache_spares_encoding(encoder: CountingEncoder, goods) -> None:  # type
     scorer.score(fresh, sha256="f" * 64)
     scorer.score(fresh, sha256="f" * 64)
     assert encoder.encoded == start + 1
-
-
-def test_bank_views_make_a_turned_surface_normal(encoder, cache, goods) -> None:  # type: ignore[no-untyped-def]
-    upright = fit_normality(encoder, goods[:4], cache=cache, seed=0)
-    turned = fit_normality(encoder, goods[:4], cache=cache, seed=0, views=("identity", "transpose"))
-    assert len(turned.memory_bank) > len(upright.memory_bank)  # both views' patches
-    assert turned.good_images == 4
-    part = np.ascontiguousarray(surface(99).swapaxes(0, 1))  # the grain runs the other way
-    before = AnomalyScorer(upright, encoder, cache=cache).anomaly_map(part)
-    after = AnomalyScorer(turned, encoder, cache=cache).anomaly_map(part)
-    assert after.mean() < 0.8 * before.mean()
-    with pytest.raises(ValueError, match="identity"):
-        fit_normality(encoder, goods[:4], cache=cache, views=("hflip",))

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from model.encoders import build_encoder
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
-from model.normality import BANK_VIEWS, AnomalyScorer, fit_normality
+from model.normality import AnomalyScorer, fit_normality
 from tests.benchmarks.unseen_synth import (
     DEFECT_TYPES,
     MIN_AREA,
@@ -72,11 +72,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-contrast", action="store_true")
     parser.add_argument("--projection-dim", type=int, default=None)
-    parser.add_argument(
-        "--views",
-        default=",".join(BANK_VIEWS),
-        help="comma-separated views of each good image in the memory bank (model.augment)",
-    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
@@ -85,11 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     defective = args.test_count // 3
     fit_set = [im for im, _ in synth_set(args.seed + 1000, args.image_size, args.fit_count, 0)]
     test_set = synth_set(args.seed + 2000, args.image_size, args.test_count - defective, defective)
-    options = {
-        "contrast": not args.no_contrast,
-        "projection_dim": args.projection_dim,
-        "views": tuple(args.views.split(",")),
-    }
+    options = {"contrast": not args.no_contrast, "projection_dim": args.projection_dim}
 
     start = time.perf_counter()
     model = fit_normality(encoder, with_shas(fit_set), cache=None, seed=args.seed, **options)
@@ -114,7 +105,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "image_size": args.image_size,
         "contrast": not args.no_contrast,
         "projection_dim": args.projection_dim,
-        "views": args.views,
         "fit_images": args.fit_count,
         "test_images": len(test_set),
         "test_defective": int(labels.sum()),
