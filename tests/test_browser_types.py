@@ -15,6 +15,7 @@ from tests.test_browser import (  # noqa: F401  (`review`: the browser fixture)
     WAIT_MS,
     Review,
     review,
+    wait_for_image,
 )
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
@@ -104,3 +105,24 @@ def test_a_clicked_region_takes_the_pressed_types_key_and_is_saved_with_it(
     assert (codes[REGION_B] == scratch).all(), np.unique(codes[REGION_B])
     assert (codes[REGION_A] == scratch).all()  # kept its predicted type
     assert not codes[~review.saved_mask(correction)].any()
+
+
+def test_a_type_first_named_by_a_prediction_joins_the_picker_when_its_image_is_shown(
+    review: Review,  # noqa: F811  (the imported fixture)
+) -> None:
+    ids = _types(review)
+    first = review.ingest()
+    _predict_two_regions(review, first, ids["scratch"], ids["dent"])
+    page = review.open(first)
+    assert page.locator("#type-picker").inner_text().count("pit") == 0
+    # A model's first prediction naming "pit" adds the type while the page is open.
+    pit = review.services.repo.types.ensure(["pit"])["pit"]
+    later = review.ingest()
+    _predict_two_regions(review, later, pit, ids["dent"])
+    page.keyboard.press("d")  # defect-free: the first image is done, the next one shows
+    wait_for_image(page, later)
+    page.wait_for_function(
+        "() => (document.querySelector('#type-picker')?.innerText || '').includes('pit')",
+        timeout=WAIT_MS,
+    )
+    page.close()

@@ -499,19 +499,24 @@ def build_review(services: Services, page: gr.Blocks) -> None:
         current, shown, screen, heat, editor, overlay_img, overview, opacity, status_md, type_filter
     )
     then_regions = panel.wire(page, shared, types_changed)
-    then_regions(page.load(on_load, [order, opacity, type_filter], review_out))
-    then_regions(
-        next_btn.click(next_image, [order, opacity, type_filter], review_out, api_name="next_image")
-    )
-    for button, action in buttons:
-        then_regions(
+    shown_image = [
+        page.load(on_load, [order, opacity, type_filter], review_out),
+        next_btn.click(
+            next_image, [order, opacity, type_filter], review_out, api_name="next_image"
+        ),
+        *(
             button.click(
                 act(action),
                 [current, state, shown, screen, editor, note, order, opacity, type_filter],
                 review_out,
                 api_name=action.value,
             )
-        )
+            for button, action in buttons
+        ),
+    ]
+    for event in shown_image:
+        then_regions(event)
+    panel.follow_types(shown_image)
     refine_out = [editor, shown, overlay_img, screen, heat, overview]
     # The inputs of the overlay's select are part of its API (tests fire it by position).
     then_regions(overlay_img.select(add_click, [current, screen, polarity, opacity], refine_out))

@@ -58,6 +58,7 @@ class RegionPanel:
     def __init__(self, services: Services, image_rgb: Callable[[int], np.ndarray]) -> None:
         self.services = services
         self.image_rgb = image_rgb
+        self._types_out: list[Any] = []  # picker, filter and legend, once wired
 
     # ------------------------------------------------------------------ layout
     def picture(self) -> None:
@@ -164,6 +165,13 @@ class RegionPanel:
         )
 
     # ------------------------------------------------------------------ events
+    def follow_types(self, events: Sequence[Any]) -> None:
+        """Refresh picker, filter and legend after each of `events`: a type added in the
+        panel, or an image shown whose prediction named a type the page did not know yet
+        (a model's types join the list with its first prediction)."""
+        for event in events:
+            event.then(self.refresh_types, None, self._types_out, show_progress="hidden")
+
     def wire(
         self, page: gr.Blocks, shared: Shared, changed: Sequence[Any]
     ) -> Callable[[Any], None]:
@@ -196,10 +204,9 @@ class RegionPanel:
                 show_progress="hidden",
             )
         )
-        types_out = [self.picker, s.type_filter, self.keys_html]
-        page.load(self.refresh_types, None, types_out, api_name="types")
-        for event in changed:  # a type added or changed in the Defect types panel
-            event.then(self.refresh_types, None, types_out)
+        self._types_out = [self.picker, s.type_filter, self.keys_html]
+        page.load(self.refresh_types, None, self._types_out, api_name="types")
+        self.follow_types(changed)  # a type added or changed in the Defect types panel
         # The regions as an API call too (the chained redraws run from the page only).
         regions_api = gr.Button(visible=False)
         regions_api.click(self.show_regions, regions_in, regions_out, api_name="regions")
