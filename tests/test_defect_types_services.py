@@ -162,40 +162,29 @@ def test_accept_with_regions_retyped_stores_them_as_a_correction(services: Servi
     image_id = _image(services)
     services._store_prediction(image_id, _prediction(["crack", "unspecified"], [0.8, 0.4]), None)
     predicted = services.type_mask(image_id, "prediction")
-    same = services.save_correction(
-        image_id,
-        inspector,
-        action="accepted",
-        mask=None,
-        based_on=_state(services, image_id),
-        types=predicted.copy(),  # nothing retyped: still an accept
-    )
-    assert services.history(image_id)[-1].action == "accepted" and same
-    dent = services.add_defect_type(_user(services, Role.admin), "dent")["id"]
-    shown = np.zeros_like(predicted)
-    shown[predicted == UNSPECIFIED_ID] = dent  # the second region retyped; the first untouched
-    services.save_correction(
-        image_id,
-        inspector,
-        action="accepted",
-        mask=None,
-        based_on=_state(services, image_id),
-        types=shown,
-    )
-    assert services.history(image_id)[-1].action == "corrected"
-    stored = services.type_mask(image_id, "correction")
-    np.testing.assert_array_equal(stored > 0, predicted > 0)  # the prediction's mask
-    crack = services.repo.types.by_name("crack")
-    assert crack is not None and stored[6, 10] == crack.id and stored[22, 32] == dent
-    with pytest.raises(ValueError, match="types are 3x3"):
+
+    def accept(types: np.ndarray) -> str:
         services.save_correction(
             image_id,
             inspector,
             action="accepted",
             mask=None,
             based_on=_state(services, image_id),
-            types=np.zeros((3, 3), np.uint8),
+            types=types,
         )
+        return services.history(image_id)[-1].action.value
+
+    assert accept(predicted.copy()) == "accepted"  # nothing retyped: still an accept
+    dent = services.add_defect_type(_user(services, Role.admin), "dent")["id"]
+    shown = np.zeros_like(predicted)
+    shown[predicted == UNSPECIFIED_ID] = dent  # the second region retyped; the first untouched
+    assert accept(shown) == "corrected"
+    stored = services.type_mask(image_id, "correction")
+    np.testing.assert_array_equal(stored > 0, predicted > 0)  # the prediction's mask
+    crack = services.repo.types.by_name("crack")
+    assert crack is not None and stored[6, 10] == crack.id and stored[22, 32] == dent
+    with pytest.raises(ValueError, match="types are 3x3"):
+        accept(np.zeros((3, 3), np.uint8))
 
 
 # ---------------------------------------------------------------------- predictions

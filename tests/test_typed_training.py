@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,25 +53,30 @@ def test_pairs_read_types_from_mask_folders_and_code_maps(tmp_path: Path) -> Non
     assert not has_types([items["a"], items["d"]])
 
 
+def _train_tiny(data: Path, out: Path, **options: Any) -> Path:
+    """A tiny sam_tiny model of 64-px images, trained on `data`; its checkpoint."""
+    settings = {"epochs": 2, "cache_dir": out.parent / "cache"} | options
+    return train_from_folders(
+        data=[data],
+        out=out,
+        encoder="sam_tiny",
+        input_size=64,
+        scale="fit",
+        batch_size=8,
+        test_time_views=1,
+        progress=False,
+        **settings,
+    ).checkpoint
+
+
 @pytest.fixture(scope="module")
 def typed_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny model trained on the independent generator's five typed folders."""
     work = tmp_path_factory.mktemp("typed")
     data = write_unseen_dataset(work / "train", seed=5, count=60, size=64)
-    result = train_from_folders(
-        data=[data],
-        out=work / "model.pt",
-        encoder="sam_tiny",
-        input_size=64,
-        scale="fit",
-        epochs=2,
-        batch_size=8,
-        test_time_views=1,
-        cache_dir=work / "cache",
-        progress=False,
-    )
+    checkpoint = _train_tiny(data, work / "model.pt")
     test = write_unseen_dataset(work / "test", seed=6, count=20, size=64)
-    return result.checkpoint, test
+    return checkpoint, test
 
 
 def test_a_typed_dataset_trains_a_type_head_with_its_folder_names(typed_model) -> None:  # type: ignore[no-untyped-def]
@@ -94,19 +100,7 @@ def test_a_region_kind_type_head_trains_and_older_checkpoints_load_as_one(
     from model.errors import CheckpointError
 
     data = write_unseen_dataset(tmp_path / "train", seed=7, count=40, size=64)
-    result = train_from_folders(
-        data=[data],
-        out=tmp_path / "region.pt",
-        encoder="sam_tiny",
-        input_size=64,
-        scale="fit",
-        epochs=1,
-        batch_size=8,
-        test_time_views=1,
-        type_head="region",
-        progress=False,
-    )
-    bundle = load_bundle(result.checkpoint)
+    bundle = load_bundle(_train_tiny(data, tmp_path / "region.pt", epochs=1, type_head="region"))
     assert bundle.meta.type_head_kind == "region" and bundle.type_net is None
     image = np.asarray(Image.open(discover(data)[-1].image_path).convert("RGB"))
     named = {r.name for r in Predictor(bundle).predict(image).regions}
@@ -167,17 +161,7 @@ def test_an_untyped_dataset_trains_an_untyped_model(tmp_path: Path, synth_dir: P
         )
         if sample.mask_path is not None:
             _save(np.asarray(Image.open(sample.mask_path)), images / "masks" / f"{stem}.png")
-    result = train_from_folders(
-        data=[images],
-        out=tmp_path / "m.pt",
-        encoder="sam_tiny",
-        input_size=64,
-        scale="fit",
-        epochs=1,
-        test_time_views=1,
-        progress=False,
-    )
-    bundle = load_bundle(result.checkpoint)
+    bundle = load_bundle(_train_tiny(images, tmp_path / "m.pt", epochs=1))
     assert bundle.meta.type_head is None and bundle.meta.defect_types == ()
     assert "types" not in evaluate(bundle, load_samples(discover(images), 64), ablation=False)
 
