@@ -33,9 +33,10 @@ from model.inference import encode_images
 from model.labelled_regions import true_regions
 from model.pixel_type_net import PixelTypeNet
 from model.region_types import UNSPECIFIED, label_regions
-from model.tiled_prediction import tile_key
+from model.tiled_prediction import crop_key
 from model.tiling import Stitcher, TilePlan
 from model.type_head import MIN_REGIONS, trainable_types
+from model.type_metrics import TypedRegions
 from model.typed_mask import TypedMask, largest_regions
 
 DEEP_LEVELS = 3  # the encoder's deepest context levels the net also reads
@@ -101,16 +102,20 @@ def head_inputs(
 
 
 def _tile_targets(
-    items: Sequence[LoadedSample], classes: Sequence[str], tile: int, seed: int
+    items: Sequence[LoadedSample],
+    truths: Sequence[TypedRegions],
+    classes: Sequence[str],
+    tile: int,
+    seed: int,
 ) -> list[tuple[np.ndarray, str, np.ndarray]]:
     """(crop, cache key, target) of the tiles holding typed pixels, at most `MAX_TILES`
     (a seeded sample): target is int16 (tile, tile), the class index of each typed pixel,
-    -1 elsewhere. Tiles and keys are those prediction uses (an image of exactly one tile
-    is keyed by its hash), so the features come from the cache training filled."""
+    -1 elsewhere (`truths`: each item's `true_regions`). Tiles and keys are those
+    prediction uses (an image of exactly one tile is keyed by its hash), so the features
+    come from the cache training filled."""
     index = {n: k for k, n in enumerate(classes)}
     out = []
-    for item in items:
-        truth = true_regions(item)
+    for item, truth in zip(items, truths, strict=True):
         if not any(t in index for t in truth.types):
             continue
         lut = np.zeros(len(truth.types) + 1, np.int16)  # class index + 1; 0 ignored
@@ -119,7 +124,7 @@ def _tile_targets(
         whole = item.image.shape[:2] == (tile, tile)
         for crop, code in zip(plan.crops(item.image), plan.crops(lut[truth.labels]), strict=True):
             if code.any():
-                out.append((crop, item.sha256 if whole else tile_key(crop), code - 1))
+                out.append((crop, crop_key(crop, item.sha256, whole), code - 1))
     rng = random.Random(seed)
     return out if len(out) <= MAX_TILES else rng.sample(out, MAX_TILES)
 
@@ -127,8 +132,9 @@ def _tile_targets(
 def pixel_typing_work(items: Sequence[LoadedSample], tile: int, seed: int) -> int:
     """About how many tile passes `fit_pixel_head` costs on `items`: one per typed tile
     for its inputs, and its training epochs over them (`EPOCH_COST` passes per tile)."""
-    names = sorted({t for it in items for t in true_regions(it).types if t != UNSPECIFIED})
-    tiles = len(_tile_targets(items, names, tile, seed))
+    truths = [true_regions(it) for it in items]
+    names = sorted({t for truth in truths for t in truth.types if t != UNSPECIFIED})
+    tiles = len(_tile_targets(items, truths, names, tile, seed))
     return round(tiles * (1 + EPOCHS * EPOCH_COST))
 
 
@@ -170,12 +176,12 @@ def fit_pixel_head(
 ) -> PixelTypeHead | None:
     """Train the per-pixel head on the items' typed regions (types with at least
     `min_regions` regions are classes); None when no type has enough."""
-    names = [t for it in items for t in true_regions(it).types]
-    classes = trainable_types(names, min_regions)
+    truths = [true_regions(it) for it in items]  # labelling is the costly part: once
+    classes = trainable_types([t for truth in truths for t in truth.types], min_regions)
     if not classes:
         return None
     tile = bundle.encoder.input_size
-    tiles = _tile_targets(items, classes, tile, seed)
+    tiles = _tile_targets(items, truths, classes, tile, seed)
     inputs, targets, weights = [], [], []
     for start in range(0, len(tiles), BATCH):
         chunk = tiles[start : start + BATCH]
@@ -235,7 +241,7 @@ def type_probabilities(
     plan = TilePlan(image.shape[:2], tile, bundle.geometry.overlap)
     crops = list(plan.crops(image))
     whole = image.shape[:2] == (tile, tile)
-    keys = [sha256 if whole and sha256 else tile_key(c) for c in crops]
+    keys = [crop_key(c, sha256 or None, whole) for c in crops]
     stitcher = Stitcher(plan, len(head.classes))
     for start in range(0, len(crops), BATCH):
         x = head_inputs(

@@ -25,7 +25,7 @@ from model.images import resize_to
 from model.inference import defect_score, encode_images, run_heads, uncertainty
 from model.region_types import UNSPECIFIED, RegionType, label_regions, majority_codes
 from model.stage_times import StageTimes
-from model.tiled_prediction import ImageMaps, predict_maps, tile_at, tile_key
+from model.tiled_prediction import ImageMaps, crop_key, predict_maps, tile_at
 from model.tiling import TilePlan
 from model.typed_decision import decide_types
 
@@ -168,7 +168,7 @@ class Predictor:
         crop = plan.pad(model_image)[tile.y : tile.y + size, tile.x : tile.x + size]
         whole = (mh, mw) == (size, size)
         frozen = encode_images(
-            self.bundle, [crop], shas=[sha if whole else tile_key(crop)], cache=self.cache
+            self.bundle, [crop], shas=[crop_key(crop, sha, whole)], cache=self.cache
         )
         coords = torch.tensor(
             [[[c.x * sx - tile.x, c.y * sy - tile.y] for c in clicks]], dtype=torch.float32

@@ -36,6 +36,12 @@ def tile_key(crop: np.ndarray) -> str:
     return sha256_bytes(np.ascontiguousarray(crop).tobytes() + repr(crop.shape).encode())
 
 
+def crop_key(crop: np.ndarray, image_sha: str | None, whole: bool) -> str:
+    """The cache key of a tile crop: the image's own hash when the image is exactly this
+    one tile (and its hash is known), else the hash of the crop's pixels (`tile_key`)."""
+    return image_sha if whole and image_sha is not None else tile_key(crop)
+
+
 @dataclass(frozen=True)
 class _Job:
     image: int
@@ -51,8 +57,7 @@ def _jobs(
     for i, (image, plan, sha) in enumerate(zip(images, plans, shas, strict=True)):
         whole = image.shape[:2] == (plan.tile, plan.tile)
         for tile, crop in zip(plan.tiles, plan.crops(image), strict=True):
-            key = sha if whole and sha is not None else tile_key(crop)
-            jobs.append(_Job(i, tile, crop, key))
+            jobs.append(_Job(i, tile, crop, crop_key(crop, sha, whole)))
     return jobs
 
 
