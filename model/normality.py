@@ -6,15 +6,23 @@ k-center coreset (`coreset.py`), and an image's anomaly map is each patch's dist
 nearest coreset patch (faiss), upsampled to the input size and blurred (sigma 4, as in
 PatchCore). It is what a deployment serves before its first supervised model.
 
+Each map is then measured against the image's own baseline: its lower-quartile value is
+subtracted (`baseline_quantile`). A good surface whose texture differs a little from every
+known-good image reads uniformly far from the memory bank; a defect stands out from the rest
+of its own image. On the unseen surfaces (`bench_normality`, 20 good images, three seeds)
+this raised image AUROC from 0.895 / 0.909 / 0.951 to 0.941 / 0.952 / 0.955 and pixel AUROC
+0.940 -> 0.950 on the first; the median as baseline gave 0.934 / 0.949 / 0.953, the mean
+0.938 / 0.950 / 0.955. Models saved without the key keep the plain map.
+
 Calibration: the good images are scored leave-one-out (against the coreset without their
 own patches, so they are not judged by themselves). Their mean map, smoothed, is the
-`position_scale` every map is divided by (borders read high on every image). Then
-`pixel_threshold` is the 99th
-percentile of their pixel scores and `image_threshold` the highest of their image scores
-(the max of the map). The served heatmap is `clip(map / (2 * pixel_threshold), 0, 1)`:
-in [0, 1] like the supervised heatmap, 0.5 where a pixel is as unusual as the rarest 1 %
-of good pixels. The served score is `max(map) / image_threshold`: above 1.0 an image is
-stranger than any good image was.
+`position_scale` every map is divided by (borders read high on every image). Then, on the
+baseline-subtracted maps, `pixel_threshold` is the 99th percentile of their pixel scores and
+`image_threshold` the highest of their image scores (the max of the map). The served
+heatmap is `clip(map / (2 * pixel_threshold), 0, 1)`: in [0, 1] like the supervised
+heatmap, 0.5 where a pixel is as unusual as the rarest 1 % of good pixels. The served
+score is `max(map) / image_threshold`: above 1.0 an image is stranger than any good image
+was.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ POSITION_NORMALISED = True
 POSITION_SIGMA = 8.0
 BLUR_SIGMA = 4.0
 PIXEL_QUANTILE = 0.99
+BASELINE_QUANTILE = 0.25  # of an image's own map, subtracted from it
 CALIBRATION_IMAGES = 32  # leave-one-out scoring of at most this many good images
 BATCH = 8
 
@@ -78,6 +87,8 @@ class NormalityModel:
     metrics: dict[str, float] = field(default_factory=dict)
     # (S, S) float32: the good images' typical anomaly map at each position (None: flat).
     position_scale: np.ndarray | None = None
+    # Quantile of each map subtracted from it (None: the plain map, as models saved before).
+    baseline_quantile: float | None = None
 
     def save(self, path: Path) -> Path:
         """Write one `.npz` file atomically (temp file, fsync, rename); returns `path`."""
@@ -94,6 +105,7 @@ class NormalityModel:
             "image_threshold": self.image_threshold,
             "good_images": self.good_images,
             "metrics": self.metrics,
+            "baseline_quantile": self.baseline_quantile,
         }
         arrays = {"meta": np.array(json.dumps(meta)), "bank": self.memory_bank.astype(np.float16)}
         if self.projection is not None:
@@ -141,9 +153,21 @@ class NormalityModel:
                 good_images=int(meta["good_images"]),
                 metrics={k: float(v) for k, v in meta["metrics"].items()},
                 position_scale=None if position is None else position.astype(np.float32),
+                baseline_quantile=_optional_float(meta.get("baseline_quantile")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"{path}: normality model metadata incomplete ({exc})") from exc
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _above_baseline(amap: np.ndarray, quantile: float | None) -> np.ndarray:
+    """The map less its own `quantile` value, floored at 0 (the plain map when None)."""
+    if quantile is None:
+        return amap
+    return np.maximum(amap - np.float32(np.quantile(amap, quantile)), 0.0)
 
 
 def _patches(
@@ -222,7 +246,9 @@ def fit_normality(
     chosen = k_center_greedy(flat, k, seed=seed)
     bank = flat[chosen].astype(np.float16).astype(np.float32)  # stored as float16
     owner = chosen // (h * w)
-    pixel_t, image_t, position = _calibrate(grid, bank, owner, encoder.input_size, seed=seed)
+    pixel_t, image_t, position = _calibrate(
+        grid, bank, owner, encoder.input_size, seed=seed, baseline=BASELINE_QUANTILE
+    )
     return NormalityModel(
         encoder_id=encoder.encoder_id,
         cache_id=encoder.cache_id,
@@ -235,6 +261,7 @@ def fit_normality(
         image_threshold=image_t,
         good_images=n,
         position_scale=position,
+        baseline_quantile=BASELINE_QUANTILE,
         metrics={
             "patches": float(len(flat)),
             "memory_bank": float(len(bank)),
@@ -246,7 +273,13 @@ def fit_normality(
 
 
 def _calibrate(
-    grid: np.ndarray, bank: np.ndarray, owner: np.ndarray, input_size: int, *, seed: int
+    grid: np.ndarray,
+    bank: np.ndarray,
+    owner: np.ndarray,
+    input_size: int,
+    *,
+    seed: int,
+    baseline: float | None,
 ) -> tuple[float, float, np.ndarray | None]:
     """Leave-one-out pixel threshold, image threshold and position scale on a seeded sample
     of good images."""
@@ -267,6 +300,7 @@ def _calibrate(
         typical = cv2.GaussianBlur(np.mean(maps, axis=0), (0, 0), POSITION_SIGMA)
         position = (typical / typical.mean()).astype(np.float32)
         maps = [m / position for m in maps]
+    maps = [_above_baseline(m, baseline) for m in maps]
     pixel_t = float(np.quantile(np.concatenate([m.ravel() for m in maps]), PIXEL_QUANTILE))
     image_t = max(float(m.max()) for m in maps)
     return max(pixel_t, 1e-6), max(image_t, 1e-6), position
@@ -292,7 +326,8 @@ class AnomalyScorer:
         self._index = _build_index(model.memory_bank)
 
     def anomaly_map(self, image: np.ndarray, *, sha256: str | None = None) -> np.ndarray:
-        """Raw (S, S) anomaly map at the encoder's input size (distance units)."""
+        """(S, S) anomaly map at the encoder's input size, in distance units: position
+        normalised and less the image's own baseline, as calibrated."""
         sha = sha256 or sha256_bytes(np.ascontiguousarray(image).tobytes())
         m = self.model
         grid = _patches(
@@ -307,7 +342,9 @@ class AnomalyScorer:
         h, w, d = grid.shape
         dist, _ = self._index.search(np.ascontiguousarray(grid.reshape(-1, d)), 1)
         amap = _to_map(np.sqrt(np.maximum(dist[:, 0], 0.0)).reshape(h, w), m.input_size)
-        return amap if m.position_scale is None else amap / m.position_scale
+        if m.position_scale is not None:
+            amap = amap / m.position_scale
+        return _above_baseline(amap, m.baseline_quantile)
 
     def score(self, image: np.ndarray, *, sha256: str | None = None) -> AnomalyResult:
         """Heatmap at the image's own size and the normalised image score."""

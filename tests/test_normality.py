@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,7 @@ from model.encoders.effnet import EffNetLite0Encoder
 from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
-from model.normality import AnomalyScorer, NormalityModel, fit_normality
+from model.normality import BASELINE_QUANTILE, AnomalyScorer, NormalityModel, fit_normality
 
 SIZE = 256
 
@@ -123,6 +125,36 @@ def test_save_load_round_trip_scores_identically(
     after = AnomalyScorer(loaded, encoder, cache=cache).score(image)
     assert before.score == after.score
     assert np.array_equal(before.heatmap, after.heatmap)
+
+
+def test_map_is_measured_against_the_images_own_baseline(
+    model: NormalityModel, encoder: CountingEncoder, cache: FeatureCache
+) -> None:
+    """A surface that is uniformly a little unlike the known-good ones is not anomalous as a
+    whole: its map is taken relative to its own lower quartile."""
+    assert model.baseline_quantile == BASELINE_QUANTILE
+    image, _ = with_blob(surface(105), (150, 90), 9)
+    amap = AnomalyScorer(model, encoder, cache=cache).anomaly_map(image)
+    plain = AnomalyScorer(replace(model, baseline_quantile=None), encoder, cache=cache)
+    raw = plain.anomaly_map(image)
+    assert np.quantile(raw, BASELINE_QUANTILE) > 0
+    np.testing.assert_allclose(amap, np.maximum(raw - np.quantile(raw, BASELINE_QUANTILE), 0))
+
+
+def test_a_model_saved_without_a_baseline_keeps_the_plain_map(
+    model: NormalityModel, tmp_path: Path
+) -> None:
+    path = model.save(tmp_path / "normality.npz")
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["baseline_quantile"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    older = tmp_path / "older.npz"
+    with older.open("wb") as fh:
+        np.savez(fh, **arrays)
+    assert NormalityModel.load(path).baseline_quantile == BASELINE_QUANTILE
+    assert NormalityModel.load(older).baseline_quantile is None
 
 
 def test_bad_files_raise_checkpoint_error(model: NormalityModel, tmp_path: Path) -> None:
