@@ -194,8 +194,8 @@ def paint_stroke(page: Any) -> None:
     y = box["y"] + box["height"] * 0.25
     page.mouse.move(box["x"] + box["width"] * 0.45, y)
     page.mouse.down()
-    for i in range(1, 15):
-        page.mouse.move(box["x"] + box["width"] * (0.45 + 0.007 * i), y)
+    for i in range(1, 5):  # the editor draws the segments between the moves
+        page.mouse.move(box["x"] + box["width"] * (0.45 + 0.0245 * i), y)
     page.mouse.up()
     page.wait_for_selector(UNDO_ENABLED, timeout=WAIT_MS)
 

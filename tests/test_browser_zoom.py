@@ -37,6 +37,7 @@ from webapp.settings import Settings
 BIG = (1500, 1500)  # (width, height) of the large test image: over the display size
 BRUSH_RADIUS = 6  # the editor's default brush, in display pixels
 TOLERANCE = 4  # native pixels: where the editor draws is read from a screenshot
+STROKE_STEPS = 4  # mouse moves per stroke: the editor draws the segments between them
 
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
@@ -269,8 +270,8 @@ def _paint(page: Any, placed: Placed, start: tuple[int, int], end: tuple[int, in
     assert page.locator(UNDO_ENABLED).count() == 0
     page.mouse.move(*placed.css(start))
     page.mouse.down()
-    for i in range(1, 21):
-        t = i / 20
+    for i in range(1, STROKE_STEPS + 1):
+        t = i / STROKE_STEPS
         page.mouse.move(
             *placed.css((start[0] + (end[0] - start[0]) * t, start[1] + (end[1] - start[1]) * t))
         )
