@@ -163,6 +163,16 @@ def save_checkpoint(path: Path | str, bundle: ModelBundle) -> Path:
 TYPE_NET = "type_net."  # state keys of a pixel-kind type head
 
 
+def split_state(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A checkpoint's state as (segmentation heads' weights, pixel type head's weights,
+    without their `type_net.` prefix): the two are loaded into different modules."""
+    heads = {k: v for k, v in state.items() if not k.startswith(TYPE_NET)}
+    types = {k[len(TYPE_NET) :]: v for k, v in state.items() if k.startswith(TYPE_NET)}
+    return heads, types
+
+
 def _type_net(
     path: Path, meta: CheckpointMeta, state: dict[str, torch.Tensor]
 ) -> PixelTypeNet | None:
@@ -293,11 +303,9 @@ def load_bundle(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: head settings do not match this version ({exc})") from exc
     heads = HeatPromptSAM(encoder, config=config)
-    type_state = {k[len(TYPE_NET) :]: v for k, v in state.items() if k.startswith(TYPE_NET)}
+    heads_state, type_state = split_state(state)
     try:
-        heads.load_trainable_state_dict(
-            {k: v for k, v in state.items() if not k.startswith(TYPE_NET)}
-        )
+        heads.load_trainable_state_dict(heads_state)
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     heads.eval()

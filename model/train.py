@@ -394,10 +394,10 @@ def train(
     barrier(ctx)
     # Reload the best weights, calibrate the mask rule on a validation sample over the
     # test-time views, save again (the final validation report is that sample's).
-    from model.checkpoint import read_checkpoint
+    from model.checkpoint import read_checkpoint, split_state
 
     _, state = read_checkpoint(out)
-    heads.load_trainable_state_dict(state)
+    heads.load_trainable_state_dict(split_state(state)[0])  # a typed start keeps its type net
     bundle.meta.test_time_views = list(test_views)
     if calib and ctx.is_main:
         probs = predict_probs(

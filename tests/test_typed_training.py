@@ -13,13 +13,15 @@ import pytest
 from PIL import Image
 
 from model.checkpoint import load_bundle
-from model.dataset import discover, load_samples
+from model.dataset import GOOD, discover, load_samples
 from model.evaluate import evaluate, evaluate_native
 from model.feature_cache import FeatureCache
 from model.labelled_regions import has_types, true_regions
 from model.pipeline import train_from_folders
 from model.predict import Predictor
 from model.region_types import UNSPECIFIED
+from model.train import TrainConfig
+from model.training_task import run_training_task
 from tests.benchmarks.unseen_synth import DEFECT_TYPES, write_unseen_dataset
 
 
@@ -119,6 +121,45 @@ def test_a_region_kind_type_head_trains_and_older_checkpoints_load_as_one(
         load_bundle(tmp_path / "stray.pt")
     with pytest.raises(ValueError, match="type head must be one of"):
         train_from_folders(data=[data], out=tmp_path / "x.pt", type_head="blob", progress=False)
+
+
+def test_a_typed_model_is_fine_tuned_and_its_type_head_refitted_or_dropped(
+    typed_model,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """Retraining starts from the served model, typed or not: its pixel type head's weights
+    sit in each checkpoint written during the run and must not be read as the heads'. The
+    type head is fitted again from the labels' types; labels that name none leave an
+    untyped model (the start's types are not theirs)."""
+    checkpoint, _ = typed_model
+    start = load_bundle(checkpoint)
+    more = write_unseen_dataset(tmp_path / "more", seed=7, count=60, size=64)
+    typed = load_samples(discover(more), 64)
+    untyped = [  # as the review app stores masks no one typed
+        dataclasses.replace(
+            it,
+            sample=dataclasses.replace(it.sample, defect_type="defect" if it.mask.any() else GOOD),
+            types=None,
+            type_names={},
+        )
+        for it in typed
+    ]
+    config = TrainConfig(epochs=1, batch_size=8, test_time_views=("identity",))
+    for items, name in ((typed, "typed"), (untyped, "untyped")):
+        out = run_training_task(
+            items,
+            config,
+            start=load_bundle(checkpoint),
+            out=tmp_path / f"{name}.pt",
+            progress=False,
+        ).checkpoint
+        tuned = load_bundle(out)
+        if name == "typed":
+            assert tuned.meta.type_head_kind == "pixel" and tuned.type_net is not None
+            assert set(tuned.meta.defect_types) <= set(DEFECT_TYPES)
+        else:
+            assert tuned.meta.type_head is None and tuned.type_net is None
+    assert start.type_net is not None
 
 
 def test_typed_predictions_name_every_region(typed_model) -> None:  # type: ignore[no-untyped-def]
