@@ -258,7 +258,8 @@ def train(
     # paid from the same budget once the first validation pass has shown its cost.
     loop_budget = budget
     start = time.monotonic()
-    best, best_report, stale, step, stopped_by = -1.0, None, 0, 0, "epochs"
+    # -inf: with no validation images the score is minus the loss, which may be below -1.
+    best, best_report, stale, step, stopped_by = -float("inf"), None, 0, 0, "epochs"
     first_val_s = 0.0
     history: list[dict[str, float]] = []
     bundle.meta.train_config = config.as_dict()

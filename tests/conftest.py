@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import torch
 from model.synth import write_dataset
 
 torch.set_num_threads(2)
+# A line's first model starts from starter heads trained for minutes on synthetic surfaces;
+# the suite's first models train fresh heads in seconds instead. tests/test_starter.py
+# takes the starter path (it sets the knob itself, which beats the environment).
+os.environ.setdefault("HEATPROMPT_TRAINING__FIRST_MODEL_START", "scratch")
 
 
 @pytest.fixture(scope="session")

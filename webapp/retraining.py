@@ -18,7 +18,7 @@ import logging
 import time
 import traceback
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from model.geometry import Geometry, Scale, resolve_scale, scale_label
 from model.hashing import sha256_file
 from model.images import decode_image
 from model.region_types import UNSPECIFIED, label_regions, regions_from_mask
+from model.starter import adopt, starter_path, train_starter
 from model.training_task import run_training_task, training_cache
 from storage.defect_types import UNSPECIFIED_ID
 from storage.errors import BlobIntegrityError, NotFoundError
@@ -162,6 +163,58 @@ def _start(
     )
 
 
+def _starter(
+    encoder: FrozenEncoder,
+    models_dir: Path,
+    cache_dir: Path,
+    config: RetrainConfig,
+    *,
+    minutes: float,
+    note: Callable[[str], None],
+    check_cancelled: Callable[[], None] = lambda: None,
+) -> ModelBundle:
+    """The starter heads for `encoder`, trained first for up to `minutes` (once, kept
+    beside the models) when they are missing."""
+    path = starter_path(models_dir, encoder)
+    if not path.exists():
+        note(
+            f"training the starter heads on {config.starter_images} built-in synthetic "
+            f"surfaces for up to {minutes:g} minutes (once for this encoder)"
+        )
+
+        def on_epoch(record: dict[str, float]) -> None:
+            check_cancelled()
+            note(f"starter epoch {int(record['epoch'])}: loss {record['loss']:.4f}")
+
+        models_dir.mkdir(parents=True, exist_ok=True)
+        train_starter(
+            encoder,
+            path,
+            images=config.starter_images,
+            minutes=minutes,
+            seed=config.seed,
+            cache=training_cache(
+                cache_dir / encoder.encoder_id, config.train_config(), config.starter_images
+            ),
+            device="cpu",
+            on_epoch=on_epoch,
+        )
+    return load_bundle(path, encoder=encoder)
+
+
+def prepare_starter(
+    *, models_dir: Path, cache_dir: Path, config: RetrainConfig, sam_checkpoint: Path | None
+) -> Path:
+    """Train the starter heads of the first model's encoder ahead of its run (while a new
+    line's first labels are being given), unless they exist; returns their path."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    start = _start(None, config, sam_checkpoint)
+    encoder = start.encoder if isinstance(start, ModelBundle) else start
+    _starter(encoder, models_dir, cache_dir, config, minutes=config.starter_minutes, note=log.info)
+    return starter_path(models_dir, encoder)
+
+
 def fresh_scale(
     setting: str | float, labelled: list[LabelledImage], encoder: FrozenEncoder
 ) -> Scale:
@@ -197,6 +250,10 @@ def run_retraining(
         log_lines.append(line)
         repo.runs.update_training_run(run_id, log_tail="\n".join(log_lines[-40:]))
 
+    def check_cancelled() -> None:
+        if repo.runs.get_training_run(run_id).status is RunStatus.cancelled:
+            raise Cancelled  # cancellation travels through the database
+
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -214,6 +271,22 @@ def run_retraining(
             if isinstance(start, ModelBundle)
             else Geometry(encoder.input_size, fresh_scale(config.scale, train_set, encoder))
         )
+        fine_tune = isinstance(start, ModelBundle)  # of the active model
+        origin = f"version {active.id}" if fine_tune and active else "scratch"
+        starter_minutes = 0.0  # spent training the starter in this run
+        if active is None and config.first_model_start == "starter":
+            begun = time.monotonic()
+            starter = _starter(
+                encoder,
+                models_dir,
+                cache_dir,
+                config,
+                minutes=min(config.starter_minutes, config.max_minutes / 2),
+                note=note,
+                check_cancelled=check_cancelled,
+            )
+            start, origin = adopt(starter, geometry.scale), "the starter heads"
+            starter_minutes = (time.monotonic() - begun) / 60
         train_items, skipped = to_samples(repo, train_set, geometry)
         holdout_items, skipped_holdout = to_samples(repo, holdout, geometry)
         skipped += skipped_holdout
@@ -223,15 +296,14 @@ def run_retraining(
             raise ValueError("every labelled image outside the holdout was skipped")
         note(
             f"run {run.id}: {len(train_items)} training images, {len(holdout_items)} holdout, "
-            f"starting from {'version ' + str(active.id) if active else 'scratch'}, "
+            f"starting from {origin}, "
             f"scale {scale_label(geometry.scale)}, tiles of {geometry.tile} px"
         )
         history: list[dict[str, float]] = []
         skipped_metrics = {"skipped": [asdict(item) for item in skipped]}
 
         def on_epoch(record: dict[str, float]) -> None:
-            if repo.runs.get_training_run(run_id).status is RunStatus.cancelled:
-                raise Cancelled  # cancellation travels through the database
+            check_cancelled()
             history.append(record)
             repo.runs.update_training_run(run_id, metrics={"history": history} | skipped_metrics)
             note(f"epoch {int(record['epoch'])}: loss {record['loss']:.4f}")
@@ -242,11 +314,19 @@ def run_retraining(
         work = models_dir / f".run-{run_id}.training.pt"
         out = models_dir / f"run-{run_id}.pt"
         train_config = config.train_config()
-        if not isinstance(start, ModelBundle):
-            # Fresh heads (the first model, or from scratch) need far more epochs than a
-            # fine-tune: the time budget and early stopping end the run, not the epoch cap.
+        if not fine_tune:
+            # Fresh or starter heads (the first model, or from scratch) need far more epochs
+            # than a fine-tune: the time budget and early stopping end the run, not the cap.
             train_config = dataclasses.replace(
                 train_config, epochs=max(train_config.epochs, FRESH_HEADS_EPOCHS)
+            )
+        if starter_minutes and train_config.max_minutes is not None:
+            # A starter trained by this run came out of the run's own time budget.
+            train_config = dataclasses.replace(
+                train_config,
+                max_minutes=max(
+                    train_config.max_minutes - starter_minutes, train_config.max_minutes / 2
+                ),
             )
         # Shared with the holdout evaluation below, so the holdout is encoded once.
         cache = training_cache(
@@ -257,7 +337,7 @@ def run_retraining(
             train_items,
             train_config,
             start=start,
-            scale=None if isinstance(start, ModelBundle) else geometry.scale,
+            scale=None if isinstance(start, ModelBundle) else geometry.scale,  # a bundle's own
             out=work,
             val_fraction=config.val_fraction,
             cache=cache,
@@ -277,6 +357,8 @@ def run_retraining(
             )
             active_report = evaluate(active_bundle, holdout_items, cache=cache, ablation=False)
         metrics = {
+            "start": origin,
+            "starter_minutes": starter_minutes,  # spent training the starter in this run
             "history": history,
             "candidate_holdout": candidate_report,
             "active_holdout": active_report,

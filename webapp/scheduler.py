@@ -3,7 +3,10 @@
 A check runs every N minutes (and on demand); it starts a training run when at least K new
 corrections arrived since the last successful run's watermark. Training runs in a separate
 process (spawned), so the web process keeps answering; only one runs at a time; runs left
-`running` by a worker that died are marked failed on the next check or start.
+`running` by a worker that died are marked failed on the next check or start. A scheduler
+that starts with no model version yet first trains the starter heads the first model will
+start from (`model.starter`), in the same one-at-a-time process slot, while the first labels
+are given; a run requested meanwhile is queued behind it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,20 @@ def training_process_main(
     )
 
 
+def starter_process_main(settings_data: dict[str, Any], config: RetrainConfig) -> None:
+    """Entry point of the spawned process that prepares the starter heads."""
+    from webapp.retraining import prepare_starter
+
+    logging.basicConfig(level=logging.INFO)
+    settings = Settings(**settings_data)
+    prepare_starter(
+        models_dir=settings.data_dir / "models",
+        cache_dir=settings.feature_cache_dir,
+        config=config,
+        sam_checkpoint=settings.sam_checkpoint,
+    )
+
+
 class RetrainScheduler:
     """Owns the APScheduler instance and the training process it may start."""
 
@@ -95,7 +112,26 @@ class RetrainScheduler:
             )
         elif job.trigger.interval.total_seconds() != self.check_minutes * 60:
             self._scheduler.reschedule_job(JOB_ID, trigger="interval", minutes=self.check_minutes)
+        self._prepare_starter()
         return self
+
+    def _prepare_starter(self) -> None:
+        """With no model version yet and the first model set to start from the starter
+        heads, train them now, unless a run is already waiting (the process returns at once
+        when they exist)."""
+        repo = self.services.repo
+        if self.config.first_model_start != "starter" or repo.registry.model_versions():
+            return
+        with self._lock:
+            if self.busy or repo.runs.active_training_run() is not None:
+                return
+            self._process = self._spawn(
+                starter_process_main,
+                "starter",
+                (self.services.settings.model_dump(), self._process_config()),
+            )
+            threading.Thread(target=self._watch, args=(self._process, None), daemon=True).start()
+            log.info("preparing the starter heads, pid %s", self._process.pid)
 
     def stop(self) -> None:
         global _current
@@ -133,32 +169,43 @@ class RetrainScheduler:
                 self._launch(run_id)
             return run_id
 
+    def _process_config(self) -> RetrainConfig:
+        if self.config.threads is None:  # leave the web process a core
+            return replace(self.config, threads=max(1, (os.cpu_count() or 2) - 1))
+        return self.config
+
+    @staticmethod
+    def _spawn(
+        target: Any, name: str, args: tuple[Any, ...]
+    ) -> multiprocessing.process.BaseProcess:
+        process = multiprocessing.get_context("spawn").Process(
+            target=target, name=name, args=args, daemon=True
+        )
+        process.start()
+        return process
+
     def _launch(self, run_id: int) -> int:
         """Spawn the training process for a queued run (caller holds the lock)."""
-        config = self.config
-        if config.threads is None:  # leave the web process a core
-            config = replace(config, threads=max(1, (os.cpu_count() or 2) - 1))
-        ctx = multiprocessing.get_context("spawn")
-        self._process = ctx.Process(
-            target=training_process_main,
-            name=f"train-{run_id}",
-            args=(self.services.settings.model_dump(), run_id, config),
-            daemon=True,
+        self._process = self._spawn(
+            training_process_main,
+            f"train-{run_id}",
+            (self.services.settings.model_dump(), run_id, self._process_config()),
         )
-        self._process.start()
         threading.Thread(target=self._watch, args=(self._process, run_id), daemon=True).start()
         log.info("training run %s started, pid %s", run_id, self._process.pid)
         return run_id
 
-    def _watch(self, process: multiprocessing.process.BaseProcess, run_id: int) -> None:
-        """After the training process ends: fail its run if it died without finishing it,
-        then start a run that was queued meanwhile."""
+    def _watch(self, process: multiprocessing.process.BaseProcess, run_id: int | None) -> None:
+        """After a training process ends: fail its run (None: the starter's, no run) if it
+        died without finishing it, then start a run that was queued meanwhile."""
         process.join()
         repo = self.services.repo
-        run = repo.runs.get_training_run(run_id)
-        if run.status in (RunStatus.queued, RunStatus.running):
+        if process.exitcode != 0 and run_id is None:
+            log.error("preparing the starter heads failed (exit code %s)", process.exitcode)
+        run = repo.runs.get_training_run(run_id) if run_id is not None else None
+        if run is not None and run.status in (RunStatus.queued, RunStatus.running):
             repo.runs.update_training_run(
-                run_id,
+                run.id,
                 status=RunStatus.failed,
                 error=f"training process exited with code {process.exitcode}",
             )

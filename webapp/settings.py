@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 RENAMED = {"retrain_epochs": "epochs", "retrain_max_minutes": "max_minutes"}
 
 
+STARTER_KNOBS = ("first_model_start", "starter_minutes", "starter_images")
+
+
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class TrainingSettings:
     """The knobs of a retraining run's training: `[training]` in the TOML file,
@@ -48,6 +51,12 @@ class TrainingSettings:
     tiles_per_image: int | None = Field(default=None, ge=1)
     # The defect-type head's kind: "pixel" (a class map; the default) or "region".
     type_head: Literal["pixel", "region"] | None = None
+    # What a line's first model starts from: "starter" heads trained once on the built-in
+    # synthetic surfaces (`model.starter`; `starter_images` of them for up to
+    # `starter_minutes`, kept beside the models), or fresh "scratch" heads.
+    first_model_start: Literal["starter", "scratch"] = "starter"
+    starter_minutes: float = Field(default=4.0, gt=0)
+    starter_images: int = Field(default=400, ge=10)
 
     def __post_init__(self) -> None:
         parse_scale(self.scale)  # a bad value fails when the settings are read
@@ -56,7 +65,7 @@ class TrainingSettings:
         """The one conversion into the training loop's own config."""
         from model.train import TrainConfig  # imports torch: only training processes need it
 
-        not_loop = {"val_fraction", "scale", "input_size"}
+        not_loop = {"val_fraction", "scale", "input_size", *STARTER_KNOBS}
         own = (f.name for f in dataclasses.fields(TrainingSettings) if f.name not in not_loop)
         return TrainConfig(**{k: v for k in own if (v := getattr(self, k)) is not None})
 

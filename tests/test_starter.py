@@ -1,0 +1,206 @@
+"""Starter heads: trained once on the built-in synthetic surfaces, the start of a line's
+first model (at the line's own pixel scale), kept and reused."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.checkpoint import load_bundle, read_checkpoint
+from model.dataset import GOOD
+from model.encoders import FrozenEncoder
+from model.starter import adopt, starter_path, synthetic_items, train_starter
+from model.synth import make_surface
+from storage.blobs import BlobStore
+from storage.engine import make_engine, sqlite_url
+from storage.migrate import upgrade
+from storage.repository import Repository
+from storage.schema import RunStatus
+from webapp.retraining import RetrainConfig, run_retraining
+
+SIZE = 64
+
+
+def test_synthetic_items_are_seeded_untyped_and_a_fifth_good() -> None:
+    items = synthetic_items(10, SIZE, seed=4)
+    again = synthetic_items(10, SIZE, seed=4)
+    assert [it.sha256 for it in items] == [it.sha256 for it in again]
+    assert [it.sample.defect_type for it in items] == [GOOD] * 2 + ["defect"] * 8
+    assert all(it.image.shape == (SIZE, SIZE, 3) and it.image.dtype == np.uint8 for it in items)
+    assert not any(it.mask.any() for it in items[:2]) and all(it.mask.any() for it in items[2:])
+    assert items[0].sha256 != synthetic_items(10, SIZE, seed=5)[0].sha256
+
+
+def test_bad_starter_budgets_are_refused(tiny_encoder: FrozenEncoder, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 10"):
+        train_starter(tiny_encoder, tmp_path / "s.pt", images=3)
+    with pytest.raises(ValueError, match="positive time budget"):
+        train_starter(tiny_encoder, tmp_path / "s.pt", images=10, minutes=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_starter_is_untyped_and_adopted_at_the_lines_scale(
+    tiny_encoder: FrozenEncoder, tmp_path: Path
+) -> None:
+    out = tmp_path / "starter.pt"
+    train_starter(tiny_encoder, out, images=12, minutes=0.02)
+    starter = load_bundle(out, encoder=tiny_encoder)
+    assert starter.meta.pixel_scale is None and starter.meta.type_head is None
+    assert starter.meta.metrics  # its own validation figures
+    adopted = adopt(starter, 1.0)
+    assert adopted.geometry.scale == 1.0 and adopted.geometry.tile == SIZE
+    assert adopted.meta.metrics == {} and adopted.type_net is None
+    assert adopted.heads is starter.heads  # the weights are the start, not a copy
+    assert starter.meta.pixel_scale is None  # the kept starter is unchanged
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _line(root: Path) -> Repository:
+    """A new line's repository: 10 labelled 64 × 96 images (wider than a tile), no model."""
+    root.mkdir(parents=True)
+    engine = make_engine(sqlite_url(root / "heatprompt.db"))
+    upgrade(engine)
+    repo = Repository(engine, BlobStore(root / "blobs"), holdout_percent=0)
+    rng = np.random.default_rng(2)
+    for i in range(10):
+        kind = None if i % 3 == 0 else "stain"
+        image, mask = make_surface(rng, 96, kind)
+        image, mask = image[16:80], mask[16:80]  # 64 × 96
+        if kind is not None and not mask.any():
+            mask[20:30, 40:60] = True
+        image_id = repo.images.ingest_image(_png(image), width=96, height=64, format="PNG").id
+        if kind is None:
+            repo.reviews.save_correction(image_id, author="sim", action="defect_free")
+        else:
+            repo.reviews.save_correction(image_id, author="sim", action="corrected", mask=mask)
+    return repo
+
+
+def test_the_first_model_starts_from_the_starter_trained_once(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    config = RetrainConfig(
+        encoder="sam_tiny",
+        input_size=SIZE,
+        epochs=1,
+        max_minutes=0.02,
+        min_new_corrections=1,
+        first_model_start="starter",
+        starter_minutes=0.02,
+        starter_images=12,
+    )
+    logs = []
+    for line in ("a", "b"):  # two lines, one models folder: the starter is trained once
+        repo = _line(tmp_path / line)
+        run_id = repo.runs.create_training_run(trigger="first-model", watermark=0)
+        version = run_retraining(
+            repo, run_id, models_dir=models, cache_dir=tmp_path / "cache", config=config
+        )
+        run = repo.runs.get_training_run(run_id)
+        assert version is not None and run.status is RunStatus.succeeded, run.error
+        assert run.metrics["start"] == "the starter heads"
+        logs.append(run.log_tail)
+        meta, _ = read_checkpoint(repo.registry.get_version(version).checkpoint_path)
+        assert meta.pixel_scale == 1.0  # the line's scale, not the starter's fit
+        if line == "a":
+            (kept,) = models.glob("starter-*.pt")
+            stamp = kept.stat().st_mtime_ns
+    assert "training the starter heads on 12 built-in synthetic surfaces" in logs[0]
+    assert "training the starter heads" not in logs[1]
+    assert all("starting from the starter heads, scale 1" in log for log in logs)
+    assert kept.stat().st_mtime_ns == stamp
+    starter_meta, _ = read_checkpoint(kept)
+    assert starter_meta.pixel_scale is None and starter_meta.type_head is None
+
+
+def test_scratch_first_models_train_fresh_heads_and_no_starter(tmp_path: Path) -> None:
+    repo = _line(tmp_path / "line")
+    config = RetrainConfig(
+        encoder="sam_tiny",
+        input_size=SIZE,
+        epochs=1,
+        max_minutes=0.02,
+        min_new_corrections=1,
+        first_model_start="scratch",
+    )
+    run_id = repo.runs.create_training_run(trigger="first-model", watermark=0)
+    assert run_retraining(
+        repo, run_id, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", config=config
+    )
+    assert "starting from scratch" in repo.runs.get_training_run(run_id).log_tail
+    assert not list((tmp_path / "models").glob("starter-*"))
+
+
+def test_the_starter_file_is_named_by_encoder_weights_and_size(
+    tiny_encoder: FrozenEncoder, tmp_path: Path
+) -> None:
+    path = starter_path(tmp_path, tiny_encoder)
+    assert path.parent == tmp_path and str(SIZE) in path.name
+    assert tiny_encoder.cache_id in path.name
+
+
+def test_a_new_line_prepares_the_starter_while_its_first_labels_are_given(
+    tmp_path: Path,
+) -> None:
+    """A scheduler that starts with no model trains the starter at once; the first model's
+    run, requested by the K-th label, waits for it and starts from it."""
+    from tests.test_cold_start import _defect_mask, _png, _reviewer
+    from tests.waiting import wait_for
+    from webapp.app import create_app
+    from webapp.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        first_model_labels=2,
+        first_model_min_defective=1,
+        holdout_percent=0,
+        retrain_check_minutes=600,  # the periodic check never fires during the test
+        hot_swap_seconds=0.3,
+        training={
+            "epochs": 1,
+            "max_minutes": 0.05,
+            "input_size": SIZE,
+            "first_model_start": "starter",
+            "starter_minutes": 0.05,
+            "starter_images": 10,
+        },
+    )
+    models = settings.data_dir / "models"
+    app = create_app(settings, ui=False, scheduler=True)
+    try:
+        services = app.services
+        assert services.trainer is not None and services.trainer.busy  # before any label
+        inspector = _reviewer(services)
+        ids = [services.ingest(_png(seed), f"p{seed}.png", source="line").id for seed in (1, 2)]
+        for image_id, mask in zip(ids, (_defect_mask(), None), strict=True):
+            services.save_correction(
+                image_id,
+                inspector,
+                action="corrected" if mask is not None else "defect_free",
+                mask=mask,
+                based_on=services.repo.reviews.image_state(image_id).token,
+            )
+        run = services.repo.runs.active_training_run()
+        assert run is not None and run.trigger == "first-model"
+        wait_for(
+            lambda: (
+                services.training_run(run.id).status not in (RunStatus.queued, RunStatus.running)
+            ),
+            "the first model's run to finish",
+            timeout=300,
+        )
+        done = services.training_run(run.id)
+        assert done.status is RunStatus.succeeded, done.log_tail
+        assert done.metrics["start"] == "the starter heads"
+        assert done.metrics["starter_minutes"] < 0.01  # prepared before the run
+        assert len(list(models.glob("starter-*.pt"))) == 1
+    finally:
+        app.stop()
