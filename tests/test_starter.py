@@ -85,18 +85,23 @@ def _line(root: Path) -> Repository:
     return repo
 
 
-def test_the_first_model_starts_from_the_starter_trained_once(tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    config = RetrainConfig(
+def _config(first_model_start: str) -> RetrainConfig:
+    """A first run of seconds on sam_tiny, with a starter of seconds."""
+    return RetrainConfig(
         encoder="sam_tiny",
         input_size=SIZE,
         epochs=1,
         max_minutes=0.02,
         min_new_corrections=1,
-        first_model_start="starter",
+        first_model_start=first_model_start,  # type: ignore[arg-type]
         starter_minutes=0.02,
         starter_images=12,
     )
+
+
+def test_the_first_model_starts_from_the_starter_trained_once(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    config = _config("starter")
     logs = []
     for line in ("a", "b"):  # two lines, one models folder: the starter is trained once
         repo = _line(tmp_path / line)
@@ -123,14 +128,7 @@ def test_the_first_model_starts_from_the_starter_trained_once(tmp_path: Path) ->
 
 def test_scratch_first_models_train_fresh_heads_and_no_starter(tmp_path: Path) -> None:
     repo = _line(tmp_path / "line")
-    config = RetrainConfig(
-        encoder="sam_tiny",
-        input_size=SIZE,
-        epochs=1,
-        max_minutes=0.02,
-        min_new_corrections=1,
-        first_model_start="scratch",
-    )
+    config = _config("scratch")
     run_id = repo.runs.create_training_run(trigger="first-model", watermark=0)
     assert run_retraining(
         repo, run_id, models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", config=config
