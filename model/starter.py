@@ -16,14 +16,18 @@ gives it the geometry the line's images need before the fine-tune.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from model.checkpoint import ModelBundle
 from model.dataset import GOOD, LoadedSample, Sample
+from model.durable import write_atomically
 from model.encoders.base import FrozenEncoder
 from model.geometry import Scale
 from model.hashing import sha256_bytes
@@ -35,11 +39,33 @@ STARTER_IMAGES = 400
 STARTER_MINUTES = 4.0
 STARTER_EPOCHS = 1000  # in effect unbounded: the time budget and early stopping end it
 UNTYPED = "defect"  # the sample type of a region no one named (as the review app stores)
+PROGRESS_STALE_S = 300.0  # a progress file not written for this long is a dead run's
 
 
 def starter_path(models_dir: Path, encoder: FrozenEncoder) -> Path:
     """Where the starter for `encoder` (its weights and input size) is kept."""
     return Path(models_dir) / f"starter-{encoder.cache_id}-{encoder.input_size}.pt"
+
+
+def progress_path(path: Path) -> Path:
+    """The progress file of the starter being trained into `path` (gone once it is done)."""
+    return path.with_name(path.name + ".progress.json")
+
+
+def starter_progress(models_dir: Path) -> dict[str, Any] | None:
+    """What another process is doing about the starter heads in `models_dir`: `{"state":
+    "training", "epoch", "loss", "elapsed_s", "minutes", "images"}` while one trains,
+    `{"state": "ready"}` once one exists, None when neither."""
+    models_dir = Path(models_dir)
+    now = time.time()
+    for progress in sorted(models_dir.glob("starter-*.progress.json")):
+        try:
+            if now - progress.stat().st_mtime > PROGRESS_STALE_S:
+                continue
+            return {"state": "training"} | json.loads(progress.read_text())
+        except (OSError, ValueError):
+            continue  # finished (removed) or half-read meanwhile
+    return {"state": "ready"} if any(models_dir.glob("starter-*.pt")) else None
 
 
 def synthetic_items(count: int, size: int, *, seed: int) -> list[LoadedSample]:
@@ -67,23 +93,43 @@ def train_starter(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train the starter heads for `encoder` into `out` (written atomically)."""
+    """Train the starter heads for `encoder` into `out` (written atomically); while it
+    trains, its progress file says how far it is (`starter_progress`)."""
     if images < 10:
         raise ValueError(f"a starter needs at least 10 synthetic images, got {images}")
     if minutes <= 0:
         raise ValueError(f"a starter needs a positive time budget, got {minutes} minutes")
-    items = synthetic_items(images, encoder.input_size, seed=seed)
-    config = TrainConfig(epochs=STARTER_EPOCHS, max_minutes=minutes, seed=seed)
-    return run_training_task(
-        items,
-        config,
-        start=encoder,
-        out=out,
-        cache=cache,
-        device=device,
-        on_epoch=on_epoch,
-        progress=progress,
-    )
+    started = time.monotonic()
+    progress_file = progress_path(Path(out))
+
+    def report(record: dict[str, float]) -> None:
+        figures = {
+            "epoch": int(record.get("epoch", 0)),
+            "loss": record.get("loss"),
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "minutes": minutes,
+            "images": images,
+        }
+        write_atomically(progress_file, lambda fh: fh.write(json.dumps(figures).encode()))
+        if on_epoch is not None and record:
+            on_epoch(record)
+
+    report({})
+    try:
+        items = synthetic_items(images, encoder.input_size, seed=seed)
+        config = TrainConfig(epochs=STARTER_EPOCHS, max_minutes=minutes, seed=seed)
+        return run_training_task(
+            items,
+            config,
+            start=encoder,
+            out=out,
+            cache=cache,
+            device=device,
+            on_epoch=report,
+            progress=progress,
+        )
+    finally:
+        progress_file.unlink(missing_ok=True)
 
 
 def adopt(starter: ModelBundle, scale: Scale) -> ModelBundle:

@@ -4,6 +4,7 @@ first model (at the line's own pixel scale), kept and reused."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ from PIL import Image
 from model.checkpoint import load_bundle, read_checkpoint
 from model.dataset import GOOD
 from model.encoders import FrozenEncoder
-from model.starter import adopt, starter_path, synthetic_items, train_starter
+from model.starter import (
+    PROGRESS_STALE_S,
+    adopt,
+    progress_path,
+    starter_path,
+    starter_progress,
+    synthetic_items,
+    train_starter,
+)
 from model.synth import make_surface
 from storage.blobs import BlobStore
 from storage.engine import make_engine, sqlite_url
@@ -41,6 +50,33 @@ def test_bad_starter_budgets_are_refused(tiny_encoder: FrozenEncoder, tmp_path: 
     with pytest.raises(ValueError, match="positive time budget"):
         train_starter(tiny_encoder, tmp_path / "s.pt", images=10, minutes=0)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_starter_in_training_says_how_far_it_is(
+    tiny_encoder: FrozenEncoder, tmp_path: Path
+) -> None:
+    out = starter_path(tmp_path, tiny_encoder)
+    assert starter_progress(tmp_path) is None
+    seen: list[dict | None] = []  # type: ignore[type-arg]
+    train_starter(
+        tiny_encoder,
+        out,
+        images=12,
+        minutes=0.02,
+        on_epoch=lambda record: seen.append(starter_progress(tmp_path)),
+    )
+    assert seen and all(p is not None and p["state"] == "training" for p in seen)
+    assert [p["epoch"] for p in seen] == list(range(1, len(seen) + 1))  # type: ignore[index]
+    assert seen[0]["images"] == 12 and seen[0]["minutes"] == 0.02  # type: ignore[index]
+    assert not progress_path(out).exists()
+    assert starter_progress(tmp_path) == {"state": "ready"}
+    # A progress file no one has written for long is a dead run's, not news.
+    out.unlink()
+    progress_path(out).write_text('{"epoch": 3}')
+    assert starter_progress(tmp_path) == {"state": "training", "epoch": 3}
+    old = progress_path(out).stat().st_mtime - PROGRESS_STALE_S - 1
+    os.utime(progress_path(out), (old, old))
+    assert starter_progress(tmp_path) is None
 
 
 def test_a_starter_is_untyped_and_adopted_at_the_lines_scale(
@@ -154,6 +190,7 @@ def test_a_new_line_prepares_the_starter_while_its_first_labels_are_given(
     from tests.waiting import wait_for
     from webapp.app import create_app
     from webapp.settings import Settings
+    from webapp.ui.common import model_line
 
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -176,6 +213,12 @@ def test_a_new_line_prepares_the_starter_while_its_first_labels_are_given(
     try:
         services = app.services
         assert services.trainer is not None and services.trainer.busy  # before any label
+        wait_for(
+            lambda: (services.health()["starter"] or {}).get("state") == "ready",
+            "the starter heads to be ready",
+            timeout=300,
+        )
+        assert "starter heads** (ready)" in model_line(services)
         inspector = _reviewer(services)
         ids = [services.ingest(_png(seed), f"p{seed}.png", source="line").id for seed in (1, 2)]
         for image_id, mask in zip(ids, (_defect_mask(), None), strict=True):

@@ -25,6 +25,7 @@ from model.geometry import scale_label
 from model.images import decode_image
 from model.predict import Click, Prediction
 from model.region_types import codes_from_regions, label_regions
+from model.starter import starter_progress
 from model.visualize import colorize_heatmap
 from storage.accounts import Accounts
 from storage.defect_types import UNSPECIFIED_ID
@@ -653,7 +654,15 @@ class Services:
             "normality_model": None if normality is None else normality.model_id,
             "normality_good_images": None if normality is None else normality.model.good_images,
             "anomaly_problem": self.anomaly.problem() if self.anomaly is not None else None,
+            "starter": self.starter_status() if active is None else None,
         }
+
+    def starter_status(self) -> dict[str, Any] | None:
+        """While no model exists: the starter heads the first model will start from, as
+        `model.starter.starter_progress` reads them (None when they are not used)."""
+        if self.settings.training.first_model_start != "starter":
+            return None
+        return starter_progress(self.settings.data_dir / "models")
 
     def health(self) -> dict[str, Any]:
         status = self.model_status()
@@ -668,6 +677,7 @@ class Services:
             "problem": status["problem"],
             "normality_model": status["normality_model"],
             "anomaly_problem": status["anomaly_problem"],
+            "starter": status["starter"],
             "queue_length": self.repo.images.counts()["pending"],
             "prediction_backlog": self.predictions.backlog,
             "prediction_unpredicted": self.repo.images.count_pending(unpredicted_only=True),

@@ -38,6 +38,17 @@ def first_model_line(services: Services) -> str:
     )
 
 
+def starter_words(starter: dict) -> str:  # type: ignore[type-arg]
+    """The starter heads the first model will start from, in words."""
+    if starter["state"] == "ready":
+        return "The first model will start from the **starter heads** (ready)."
+    return (
+        f"Preparing the **starter heads** the first model starts from: epoch "
+        f"{starter['epoch']}, {starter['elapsed_s'] / 60:.1f} of {starter['minutes']:g} min "
+        f"on {starter['images']} built-in synthetic surfaces."
+    )
+
+
 def scale_words(status: dict) -> str:  # type: ignore[type-arg]
     """How the served model sees an image, in words."""
     views = f"{status['test_time_views']} view" + ("s" if status["test_time_views"] != 1 else "")
@@ -64,6 +75,8 @@ def model_line(services: Services) -> str:
             f"({note}) · {scale_words(status)} · mask threshold "
             f"{status['mask_threshold']:.2f}, smallest defect {status['min_defect_area']} px"
         )
+    if status["starter"] and status["state"] != "model":
+        line += f"\n\n{starter_words(status['starter'])}"
     if status["problem"]:
         line += f"\n\n⚠ {status['problem']}"
     if status.get("anomaly_problem"):
