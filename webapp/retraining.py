@@ -273,7 +273,7 @@ def run_retraining(
         )
         fine_tune = isinstance(start, ModelBundle)  # of the active model
         origin = f"version {active.id}" if fine_tune and active else "scratch"
-        starter_minutes = 0.0  # spent training the starter in this run
+        starter_minutes = 0.0  # spent training (or loading) the starter in this run
         if active is None and config.first_model_start == "starter":
             begun = time.monotonic()
             starter = _starter(
@@ -358,7 +358,7 @@ def run_retraining(
             active_report = evaluate(active_bundle, holdout_items, cache=cache, ablation=False)
         metrics = {
             "start": origin,
-            "starter_minutes": starter_minutes,  # spent training the starter in this run
+            "starter_minutes": starter_minutes,  # spent on the starter in this run
             "history": history,
             "candidate_holdout": candidate_report,
             "active_holdout": active_report,
