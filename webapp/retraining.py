@@ -50,7 +50,6 @@ from webapp.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 FRESH_HEADS_EPOCHS = 1000  # in effect unbounded: a from-scratch run is time-bounded
-STARTER_ORIGIN = "the starter heads"  # what a first run started from, in its metrics
 
 
 class Cancelled(Exception):
@@ -286,7 +285,7 @@ def run_retraining(
                 note=note,
                 check_cancelled=check_cancelled,
             )
-            start, origin = adopt(starter, geometry.scale), STARTER_ORIGIN
+            start, origin = adopt(starter, geometry.scale), "the starter heads"
             starter_minutes = (time.monotonic() - begun) / 60
         train_items, skipped = to_samples(repo, train_set, geometry)
         holdout_items, skipped_holdout = to_samples(repo, holdout, geometry)
@@ -321,13 +320,6 @@ def run_retraining(
             train_config = dataclasses.replace(
                 train_config, epochs=max(train_config.epochs, FRESH_HEADS_EPOCHS)
             )
-        if origin == STARTER_ORIGIN and config.patience is None:
-            # On tens of labels the validation split is a handful of images: ranking epochs
-            # on it stopped every fine-tune of the starter early. Run the whole budget (the
-            # best validation epoch is still the one kept): on the cold-start benchmark's
-            # labels that gave mIoU 0.576 against 0.494 (seed 0) and 0.480 against 0.448
-            # (seed 1), 4-minute fine-tunes of the same starter, 150 unseen images.
-            train_config = dataclasses.replace(train_config, patience=FRESH_HEADS_EPOCHS)
         if starter_minutes and train_config.max_minutes is not None:
             # A starter trained by this run came out of the run's own time budget.
             train_config = dataclasses.replace(
