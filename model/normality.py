@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,8 @@ from model.images import resize_to
 from model.patch_features import encode_cached, patch_embedding, pick_levels
 
 FORMAT = "heatprompt-normality"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one scale; 2 (several scales) is `normality_ensemble`'s
+KNOWN_VERSIONS = (1, 2)
 # Divide maps by the good images' typical map at each position (smoothed): edges and
 # corners read higher on every image (the encoder pads there). On the unseen surfaces this
 # lifts pixel AUROC 0.919 -> 0.940 and the defective images scored above 1.0 from 21 % to
@@ -59,6 +60,9 @@ BLUR_SIGMA = 4.0
 PIXEL_QUANTILE = 0.99
 BASELINE_QUANTILE = 0.25  # of an image's own map, subtracted from it
 CALIBRATION_IMAGES = 32  # leave-one-out scoring of at most this many good images
+# A fit reads at most this many good images (a seeded sample): every patch of every image
+# is held before the coreset, 200 x 4,096 x 360 float32 = 1.2 GB at 512 px input.
+MAX_FIT_IMAGES = 200
 BATCH = 8
 
 
@@ -90,12 +94,9 @@ class NormalityModel:
     # Quantile of each map subtracted from it (None: the plain map, as models saved before).
     baseline_quantile: float | None = None
 
-    def save(self, path: Path) -> Path:
-        """Write one `.npz` file atomically (temp file, fsync, rename); returns `path`."""
-        path = Path(path)
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
+    def payload(self, prefix: str = "") -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """The metadata and arrays that describe this model; array names start `prefix`."""
+        meta: dict[str, object] = {
             "encoder_id": self.encoder_id,
             "cache_id": self.cache_id,
             "input_size": self.input_size,
@@ -107,31 +108,24 @@ class NormalityModel:
             "metrics": self.metrics,
             "baseline_quantile": self.baseline_quantile,
         }
-        arrays = {"meta": np.array(json.dumps(meta)), "bank": self.memory_bank.astype(np.float16)}
+        arrays = {f"{prefix}bank": self.memory_bank.astype(np.float16)}
         if self.projection is not None:
-            arrays["projection"] = self.projection
+            arrays[f"{prefix}projection"] = self.projection
         if self.position_scale is not None:
-            arrays["position"] = self.position_scale.astype(np.float32)
-        return write_atomically(path, lambda fh: np.savez(fh, **arrays))
+            arrays[f"{prefix}position"] = self.position_scale.astype(np.float32)
+        return meta, arrays
 
     @classmethod
-    def load(cls, path: Path) -> NormalityModel:
-        """Read a file written by `save`; CheckpointError naming the file when it is bad."""
-        path = Path(path)
+    def from_payload(
+        cls, meta: dict[str, object], arrays: Mapping[str, np.ndarray], path: Path, prefix: str = ""
+    ) -> NormalityModel:
+        """The model `payload` described; CheckpointError naming `path` when it is bad."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                bank = data["bank"].astype(np.float32)
-                projection = data["projection"] if "projection" in data.files else None
-                position = data["position"] if "position" in data.files else None
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"{path}: no such normality model file") from exc
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise CheckpointError(f"{path}: not a readable normality model ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not a normality model file")
-        if meta.get("version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: normality model format {meta.get('version')} unknown")
+            bank = np.asarray(arrays[f"{prefix}bank"]).astype(np.float32)
+        except KeyError as exc:
+            raise CheckpointError(f"{path}: normality model has no memory bank") from exc
+        projection = arrays.get(f"{prefix}projection")
+        position = arrays.get(f"{prefix}position")
         dim = bank.shape[1] if bank.ndim == 2 else -1
         if (
             bank.ndim != 2
@@ -140,23 +134,61 @@ class NormalityModel:
         ):
             raise CheckpointError(f"{path}: memory bank of shape {bank.shape} is damaged")
         try:
+            levels = meta["levels"]
             return cls(
                 encoder_id=str(meta["encoder_id"]),
                 cache_id=str(meta["cache_id"]),
-                input_size=int(meta["input_size"]),
-                levels=(int(meta["levels"][0]), int(meta["levels"][1])),
+                input_size=int(meta["input_size"]),  # type: ignore[call-overload]
+                levels=(int(levels[0]), int(levels[1])),  # type: ignore[index]
                 contrast=bool(meta["contrast"]),
                 memory_bank=bank,
                 projection=None if projection is None else projection.astype(np.float32),
-                pixel_threshold=float(meta["pixel_threshold"]),
-                image_threshold=float(meta["image_threshold"]),
-                good_images=int(meta["good_images"]),
-                metrics={k: float(v) for k, v in meta["metrics"].items()},
+                pixel_threshold=float(meta["pixel_threshold"]),  # type: ignore[arg-type]
+                image_threshold=float(meta["image_threshold"]),  # type: ignore[arg-type]
+                good_images=int(meta["good_images"]),  # type: ignore[call-overload]
+                metrics={k: float(v) for k, v in meta["metrics"].items()},  # type: ignore[attr-defined]
                 position_scale=None if position is None else position.astype(np.float32),
                 baseline_quantile=_optional_float(meta.get("baseline_quantile")),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CheckpointError(f"{path}: normality model metadata incomplete ({exc})") from exc
+
+    def save(self, path: Path) -> Path:
+        """Write one `.npz` file atomically (temp file, fsync, rename); returns `path`."""
+        meta, arrays = self.payload()
+        header = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
+        arrays = {"meta": np.array(json.dumps(header)), **arrays}
+        return write_atomically(Path(path), lambda fh: np.savez(fh, **arrays))
+
+    @classmethod
+    def load(cls, path: Path) -> NormalityModel:
+        """Read a file written by `save`; CheckpointError naming the file when it is bad."""
+        path = Path(path)
+        meta, arrays = read_normality_file(path)
+        if meta.get("version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: normality model format {meta.get('version')} is not a single-scale "
+                f"model (NormalityEnsemble.load reads both)"
+            )
+        return cls.from_payload(meta, arrays, path)
+
+
+def read_normality_file(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """The metadata and arrays of a normality model file, its format checked."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such normality model file") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a readable normality model ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a normality model file")
+    if meta.get("version") not in KNOWN_VERSIONS:
+        raise CheckpointError(f"{path}: normality model format {meta.get('version')} unknown")
+    return meta, arrays
 
 
 def _optional_float(value: object) -> float | None:
@@ -211,13 +243,19 @@ def fit_normality(
     seed: int = 0,
     contrast: bool = True,
     projection_dim: int | None = None,
+    max_images: int = MAX_FIT_IMAGES,
 ) -> NormalityModel:
     """Fit on known-good `(sha256, RGB uint8 HxWx3)` images: coreset bank + calibration.
 
+    More than `max_images` images are thinned to a seeded sample of that many.
     `projection_dim` optionally shrinks patch features with a seeded random projection.
     """
     if len(images) < 2:
         raise ValueError(f"a normality model needs at least 2 known-good images, got {len(images)}")
+    offered = len(images)
+    if offered > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(offered, max_images, replace=False))
+        images = [images[i] for i in keep]
     if not 0.0 < coreset_ratio <= 1.0:
         raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
     levels = pick_levels(encoder.feature_strides, encoder.feature_channels)
@@ -263,6 +301,7 @@ def fit_normality(
         position_scale=position,
         baseline_quantile=BASELINE_QUANTILE,
         metrics={
+            "offered_images": float(offered),
             "patches": float(len(flat)),
             "memory_bank": float(len(bank)),
             "feature_dim": float(d),

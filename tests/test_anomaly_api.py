@@ -41,7 +41,7 @@ def launch(root: Path, *, checkpoint: Path | None = None) -> Iterator[Deployment
     settings = Settings(
         data_dir=root / "data",
         checkpoint=checkpoint,
-        anomaly_input_size=128,
+        anomaly_input_sizes=[128],
         anomaly_refit_seconds=0,
     )
     app = create_app(settings, refit_anomalies=True)

@@ -55,7 +55,7 @@ def add_good(services: Services, seed: int) -> int:
 
 def settings_for(root: Path, **extra: object) -> Settings:
     """No supervised model; a small encoder input and no wait between refits."""
-    values: dict[str, object] = {"anomaly_input_size": 128, "anomaly_refit_seconds": 0}
+    values: dict[str, object] = {"anomaly_input_sizes": [128], "anomaly_refit_seconds": 0}
     return Settings(data_dir=root / "data", **{**values, **extra})
 
 

@@ -204,3 +204,15 @@ def test_cache_spares_encoding(encoder: CountingEncoder, goods) -> None:  # type
     scorer.score(fresh, sha256="f" * 64)
     scorer.score(fresh, sha256="f" * 64)
     assert encoder.encoded == start + 1
+
+
+def test_many_good_images_are_thinned_to_a_seeded_sample(
+    encoder: CountingEncoder, cache: FeatureCache, goods
+) -> None:  # type: ignore[no-untyped-def]
+    """Every patch of every fitted image is held at once: the fit reads a bounded sample."""
+    thin = fit_normality(encoder, goods, cache=cache, seed=0, max_images=3)
+    again = fit_normality(encoder, goods, cache=cache, seed=0, max_images=3)
+    full = fit_normality(encoder, goods, cache=cache, seed=0)
+    assert thin.good_images == 3 and thin.metrics["offered_images"] == len(goods) == 8
+    assert thin.metrics["patches"] * 8 == full.metrics["patches"] * 3
+    assert np.array_equal(thin.memory_bank, again.memory_bank)

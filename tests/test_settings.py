@@ -107,3 +107,22 @@ def test_the_type_head_kind_reaches_the_training_config(monkeypatch: pytest.Monk
     monkeypatch.setenv("HEATPROMPT_TRAINING__TYPE_HEAD", "blob")
     with pytest.raises(ValidationError, match=r"training\.type_head"):
         load_settings()
+
+
+def test_anomaly_input_sizes_from_a_list_or_one_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HEATPROMPT_CONFIG", raising=False)
+    monkeypatch.delenv("HEATPROMPT_ANOMALY_INPUT_SIZES", raising=False)
+    assert load_settings().anomaly_input_sizes == (256, 512)
+    assert load_settings(anomaly_input_sizes=[512, 384]).anomaly_input_sizes == (384, 512)
+    monkeypatch.setenv("HEATPROMPT_ANOMALY_INPUT_SIZES", "320")
+    assert load_settings().anomaly_input_sizes == (320,)
+    monkeypatch.delenv("HEATPROMPT_ANOMALY_INPUT_SIZES")
+    config = tmp_path / "heatprompt.toml"
+    config.write_text("anomaly_input_sizes = [128, 256]\n")
+    monkeypatch.setenv("HEATPROMPT_CONFIG", str(config))
+    assert load_settings().anomaly_input_sizes == (128, 256)
+    for bad in ([], [16], [256, 256]):
+        with pytest.raises(ValidationError, match="anomaly_input_sizes"):
+            load_settings(anomaly_input_sizes=bad)

@@ -30,7 +30,7 @@ from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_file
 from model.images import decode_image
-from model.normality import AnomalyScorer, NormalityModel, fit_normality
+from model.normality_ensemble import EnsembleScorer, NormalityEnsemble, fit_ensemble
 from storage.errors import StorageError
 from storage.repository import Repository
 from storage.schema import NormalityModel as NormalityRow
@@ -52,8 +52,8 @@ class ServedNormality:
     """The normality model this process serves and the row it was registered as."""
 
     model_id: int
-    model: NormalityModel
-    scorer: AnomalyScorer
+    model: NormalityEnsemble
+    scorer: EnsembleScorer
 
 
 class AnomalyService(BackgroundLoop):
@@ -156,7 +156,7 @@ class AnomalyService(BackgroundLoop):
             self.refused[newest.id] = str(exc)
             log.error("normality model %s cannot be served: %s", newest.id, exc)
 
-    def _load(self, row: NormalityRow) -> NormalityModel:
+    def _load(self, row: NormalityRow) -> NormalityEnsemble:
         path = Path(row.path)
         if not path.is_file():
             raise CheckpointError(f"{path} is missing")
@@ -165,11 +165,11 @@ class AnomalyService(BackgroundLoop):
             raise CheckpointError(
                 f"{path}: sha256 {actual[:12]}… differs from the registered {row.sha256[:12]}…"
             )
-        return NormalityModel.load(path)
+        return NormalityEnsemble.load(path)
 
-    def _swap(self, model_id: int, model: NormalityModel) -> None:
-        encoder = self._encoder(model.encoder_id, model.input_size)
-        scorer = AnomalyScorer(model, encoder, cache=self._cache(model.encoder_id))
+    def _swap(self, model_id: int, model: NormalityEnsemble) -> None:
+        encoders = {s: self._encoder(model.encoder_id, s) for s in model.input_sizes}
+        scorer = EnsembleScorer(model, encoders, cache=self._cache(model.encoder_id))
         self._served = ServedNormality(model_id, model, scorer)  # one reference assignment
         log.info("serving normality model %s (%d good images)", model_id, model.good_images)
 
@@ -216,12 +216,12 @@ class AnomalyService(BackgroundLoop):
         self._fit_problem = None
         self._swap(model_id, model)
 
-    def _fit_and_register(self) -> tuple[int, NormalityModel]:
+    def _fit_and_register(self) -> tuple[int, NormalityEnsemble]:
         labels = len(self.repo.anomalies.known_good_images())
         images = self._known_good_pixels()
-        encoder = self._encoder(ENCODER_ID, self.settings.anomaly_input_size)
+        encoders = [self._encoder(ENCODER_ID, s) for s in self.settings.anomaly_input_sizes]
         with self._work, torch.no_grad():
-            model = fit_normality(encoder, images, cache=self._cache(ENCODER_ID))
+            model = fit_ensemble(encoders, images, cache=self._cache(ENCODER_ID))
         path = self._save(model)
         model_id = self.repo.anomalies.register_normality_model(
             encoder_id=model.encoder_id,
@@ -246,7 +246,7 @@ class AnomalyService(BackgroundLoop):
                 )
         return pixels
 
-    def _save(self, model: NormalityModel) -> Path:
+    def _save(self, model: NormalityEnsemble) -> Path:
         """Write the model under data_dir/normality (atomically: the name appears complete)."""
         folder = (self.settings.data_dir / "normality").resolve()
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")

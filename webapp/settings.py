@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, ConfigDict, Field
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -108,13 +108,26 @@ class Settings(BaseSettings):
     cold_start_random_share: float = Field(default=0.2, ge=0, le=1)
     hot_swap_seconds: float = Field(default=5.0, gt=0)
     # Zero-label anomaly maps: the normality model is refitted from the known-good images
-    # at most this often, at this encoder input size.
+    # at most this often, one member per encoder input size (`model.normality_ensemble`;
+    # one number keeps one size).
     anomaly_refit_seconds: float = Field(default=10.0, ge=0)
-    anomaly_input_size: int = Field(default=256, ge=32)
+    anomaly_input_sizes: tuple[int, ...] = (256, 512)
     checkpoint: Path | None = None  # served when the database has no active version yet
     sam_checkpoint: Path | None = None  # Meta's SAM weights, for sam_vit_* models
     training: TrainingSettings = TrainingSettings()
     token_days: int = Field(default=90, ge=0)  # API token lifetime; 0: tokens never expire
+
+    @field_validator("anomaly_input_sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: object) -> object:
+        return (value,) if isinstance(value, int | str) else value
+
+    @field_validator("anomaly_input_sizes")
+    @classmethod
+    def _distinct_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 32 or len(set(value)) != len(value):
+            raise ValueError(f"need one or more distinct input sizes of at least 32, got {value}")
+        return tuple(sorted(value))
 
     @property
     def sqlite_path(self) -> Path:
