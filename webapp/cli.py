@@ -551,7 +551,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             _engine(args.data_dir),
             data_dir=settings.data_dir,
             blob_dir=settings.blob_dir,
-            models_dir=settings.data_dir / "models",
+            models_dir=settings.models_dir,
             dest=args.dest,
         )
     except StorageError as exc:
@@ -576,7 +576,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             _engine(args.data_dir),
             data_dir=settings.data_dir,
             blob_dir=settings.blob_dir,
-            models_dir=settings.data_dir / "models",
+            models_dir=settings.models_dir,
             force=args.force,
         )
     except StorageError as exc:
@@ -637,7 +637,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     version = run_retraining(
         services.repo,
         run_id,
-        models_dir=settings.data_dir / "models",
+        models_dir=settings.models_dir,
         cache_dir=settings.feature_cache_dir,
         config=config,
         sam_checkpoint=settings.sam_checkpoint,

@@ -55,7 +55,7 @@ def training_process_main(
     run_retraining(
         repo,
         run_id,
-        models_dir=settings.data_dir / "models",
+        models_dir=settings.models_dir,
         cache_dir=settings.feature_cache_dir,
         config=config,
         sam_checkpoint=settings.sam_checkpoint,
@@ -69,7 +69,7 @@ def starter_process_main(settings_data: dict[str, Any], config: RetrainConfig) -
     logging.basicConfig(level=logging.INFO)
     settings = Settings(**settings_data)
     prepare_starter(
-        models_dir=settings.data_dir / "models",
+        models_dir=settings.models_dir,
         cache_dir=settings.feature_cache_dir,
         config=config,
         sam_checkpoint=settings.sam_checkpoint,

@@ -662,7 +662,7 @@ class Services:
         `model.starter.starter_progress` reads them (None when they are not used)."""
         if self.settings.training.first_model_start != "starter":
             return None
-        return starter_progress(self.settings.data_dir / "models")
+        return starter_progress(self.settings.models_dir)
 
     def health(self) -> dict[str, Any]:
         status = self.model_status()

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     def feature_cache_dir(self) -> Path:
         return self.data_dir / "cache" / "features"
 
+    @property
+    def models_dir(self) -> Path:
+        """Trained checkpoints and the starter heads."""
+        return self.data_dir / "models"
+
     @classmethod
     def settings_customise_sources(
         cls,
