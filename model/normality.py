@@ -156,9 +156,7 @@ class NormalityModel:
     def save(self, path: Path) -> Path:
         """Write one `.npz` file atomically (temp file, fsync, rename); returns `path`."""
         meta, arrays = self.payload()
-        header = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
-        arrays = {"meta": np.array(json.dumps(header)), **arrays}
-        return write_atomically(Path(path), lambda fh: np.savez(fh, **arrays))
+        return write_normality_file(path, {"version": FORMAT_VERSION, **meta}, arrays)
 
     @classmethod
     def load(cls, path: Path) -> NormalityModel:
@@ -171,6 +169,15 @@ class NormalityModel:
                 f"model (NormalityEnsemble.load reads both)"
             )
         return cls.from_payload(meta, arrays, path)
+
+
+def write_normality_file(
+    path: Path, header: dict[str, object], arrays: Mapping[str, np.ndarray]
+) -> Path:
+    """Write `header` (with the format name) and `arrays` as one `.npz` file atomically
+    (temp file, fsync, rename); returns `path`."""
+    payload = {"meta": np.array(json.dumps({"format": FORMAT, **header})), **arrays}
+    return write_atomically(Path(path), lambda fh: np.savez(fh, **payload))
 
 
 def read_normality_file(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:

@@ -20,24 +20,22 @@ file, written before, is read as a one-member ensemble.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model.durable import write_atomically
 from model.encoders.base import FrozenEncoder
 from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
 from model.normality import (
-    FORMAT,
     AnomalyResult,
     AnomalyScorer,
     NormalityModel,
     fit_normality,
     read_normality_file,
+    write_normality_file,
 )
 
 ENSEMBLE_VERSION = 2
@@ -87,9 +85,7 @@ class NormalityEnsemble:
             meta, member_arrays = member.payload(prefix=f"{i}.")
             metas.append(meta)
             arrays.update(member_arrays)
-        header = {"format": FORMAT, "version": ENSEMBLE_VERSION, "members": metas}
-        payload = {"meta": np.array(json.dumps(header)), **arrays}
-        return write_atomically(Path(path), lambda fh: np.savez(fh, **payload))
+        return write_normality_file(path, {"version": ENSEMBLE_VERSION, "members": metas}, arrays)
 
     @classmethod
     def load(cls, path: Path) -> NormalityEnsemble:

@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
     parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(ARMS),
+        default=list(ARMS),
+        help="--large: the arms to train and evaluate (default all)",
+    )
+    parser.add_argument(
         "--no-high-res",
         action="store_true",
         help="ablation: no early high-resolution features in the mask path",
@@ -282,6 +289,8 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundles: dict[float | None, tuple[Path, dict[str, Any]]] = {}
     results: dict[str, dict[str, Any]] = {}
     for label, (scale, views) in ARMS.items():
+        if label not in args.arms:
+            continue
         if views is not None and args.test_time_views == len(views):
             continue  # the model itself is evaluated with that many views already
         if scale not in bundles:
