@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from model.hashing import sha256_file
 from storage.schema import CorrectionAction
 from tests.storage_fixtures import ENGINES, postgres_schema
 from tests.waiting import wait_for
+from webapp import anomaly_service
 from webapp.anomaly_service import AnomalyService
 from webapp.app import build_services, create_app
 from webapp.services import Services
@@ -24,6 +26,8 @@ from webapp.settings import Settings
 
 HEIGHT, WIDTH = 96, 128
 DEFECT = (slice(36, 60), slice(52, 80))  # rows, columns of the synthetic defect
+
+SLOW_FIT_S = 1.0
 
 
 def surface(seed: int, *, defect: bool = False) -> np.ndarray:
@@ -164,6 +168,36 @@ def test_refits_wait_for_the_refit_interval(tmp_path: Path) -> None:
         assert anomaly.current == first and len(services.repo.anomalies.normality_models()) == 1
         scored = services.repo.anomalies.latest_anomaly(pending)  # meanwhile, by the old model
         assert scored is not None and scored.normality_model_id == first
+    finally:
+        services.shutdown()
+
+
+def test_a_refit_waits_at_least_as_long_as_the_last_fit_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no interval set, a slow fit still leaves the encoder half of its time."""
+    real_fit = anomaly_service.fit_ensemble
+
+    def slow_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fitted = real_fit(*args, **kwargs)
+        time.sleep(SLOW_FIT_S)  # as a fit of many good images on a small CPU
+        return fitted
+
+    monkeypatch.setattr(anomaly_service, "fit_ensemble", slow_fit)
+    services = build_services(settings_for(tmp_path))  # anomaly_refit_seconds=0
+    try:
+        for seed in (1, 2):
+            add_good(services, seed)
+        anomaly = AnomalyService(services.repo, services.settings, refits=True)
+        anomaly.check()
+        first = anomaly.current
+        assert first is not None
+        add_good(services, 3)
+        wait = anomaly.check()
+        assert wait > 0.5 * SLOW_FIT_S  # the interval alone (0 s) would refit now
+        assert anomaly.current == first and len(services.repo.anomalies.normality_models()) == 1
+        wait_for(lambda: anomaly.check() >= 0 and anomaly.current != first, "the refit", 60)
+        assert len(services.repo.anomalies.normality_models()) == 2
     finally:
         services.shutdown()
 

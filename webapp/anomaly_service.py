@@ -78,7 +78,8 @@ class AnomalyService(BackgroundLoop):
         self.refused: dict[int, str] = {}  # normality model id → why it cannot be served
         self._served: ServedNormality | None = None
         self._fit_problem: str | None = None
-        self._last_fit = float("-inf")  # monotonic time of the last fit attempt
+        self._last_fit = float("-inf")  # monotonic time the last fit attempt started
+        self._fit_ended = float("-inf")  # … and ended
         self._failed: set[tuple[int, int]] = set()  # (model id, image id) that failed to score
         self._encoders: dict[tuple[str, int], FrozenEncoder] = {}
         self._caches: dict[str, FeatureCache] = {}
@@ -202,7 +203,11 @@ class AnomalyService(BackgroundLoop):
         )
         if not stale:
             return None
-        wait = self._last_fit + self.settings.anomaly_refit_seconds - time.monotonic()
+        # A refit also waits as long as the last one took, counted from its end: fitting
+        # never holds more than half the encoder's time while known-good labels arrive.
+        took = self._fit_ended - self._last_fit if self._fit_ended > self._last_fit else 0.0
+        ready = max(self._last_fit + self.settings.anomaly_refit_seconds, self._fit_ended + took)
+        wait = ready - time.monotonic()
         return max(0.0, wait)
 
     def _refit(self) -> None:
@@ -210,9 +215,11 @@ class AnomalyService(BackgroundLoop):
         try:
             model_id, model = self._fit_and_register()
         except (ValueError, OSError, StorageError, CheckpointError) as exc:
+            self._fit_ended = time.monotonic()
             self._fit_problem = f"the normality model could not be refitted: {exc}"
             log.error(self._fit_problem)
             return
+        self._fit_ended = time.monotonic()
         self._fit_problem = None
         self._swap(model_id, model)
 
