@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,12 +18,13 @@ from PIL import Image
 from model.hashing import sha256_file
 from storage.schema import CorrectionAction
 from tests.storage_fixtures import ENGINES, postgres_schema
-from tests.waiting import wait_for
+from tests.waiting import GUARD_S, wait_for
 from webapp import anomaly_service
 from webapp.anomaly_service import AnomalyService
 from webapp.app import build_services, create_app
 from webapp.services import Services
 from webapp.settings import Settings
+from webapp.ui.common import model_line
 
 HEIGHT, WIDTH = 96, 128
 DEFECT = (slice(36, 60), slice(52, 80))  # rows, columns of the synthetic defect
@@ -199,6 +201,44 @@ def test_a_refit_waits_at_least_as_long_as_the_last_fit_took(
         wait_for(lambda: anomaly.check() >= 0 and anomaly.current != first, "the refit", 60)
         assert len(services.repo.anomalies.normality_models()) == 2
     finally:
+        services.shutdown()
+
+
+def test_a_refit_under_way_shows_its_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health and the page's model line say that the anomaly maps are being fitted, with
+    the members done; nothing once the fit ends."""
+    real_fit = anomaly_service.fit_ensemble
+    fitted, release = threading.Event(), threading.Event()
+
+    def held_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        model = real_fit(*args, **kwargs)
+        fitted.set()
+        release.wait(GUARD_S)
+        return model
+
+    monkeypatch.setattr(anomaly_service, "fit_ensemble", held_fit)
+    services = build_services(settings_for(tmp_path))
+    try:
+        for seed in (1, 2, 3):
+            add_good(services, seed)
+        services.anomaly = AnomalyService(services.repo, services.settings, refits=True)
+        assert services.health()["normality_fit"] is None
+        worker = threading.Thread(target=services.anomaly.check)
+        worker.start()
+        assert fitted.wait(GUARD_S)
+        fit = services.health()["normality_fit"]
+        assert fit["good_images"] == 3 and (fit["done"], fit["total"]) == (1, 1)
+        assert fit["elapsed_s"] >= 0
+        assert "Fitting the **anomaly maps** to 3 images" in model_line(services)
+        release.set()
+        worker.join(GUARD_S)
+        assert services.health()["normality_fit"] is None
+        assert services.health()["state"] == "anomaly_only"
+        assert "Fitting" not in model_line(services)
+    finally:
+        release.set()
         services.shutdown()
 
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +81,7 @@ class AnomalyService(BackgroundLoop):
         self._fit_problem: str | None = None
         self._last_fit = float("-inf")  # monotonic time the last fit attempt started
         self._fit_ended = float("-inf")  # … and ended
+        self._fitting: dict[str, Any] | None = None  # the fit under way, for `fitting`
         self._failed: set[tuple[int, int]] = set()  # (model id, image id) that failed to score
         self._encoders: dict[tuple[str, int], FrozenEncoder] = {}
         self._caches: dict[str, FeatureCache] = {}
@@ -96,6 +98,16 @@ class AnomalyService(BackgroundLoop):
     @property
     def served(self) -> ServedNormality | None:
         return self._served
+
+    @property
+    def fitting(self) -> dict[str, Any] | None:
+        """The refit under way in this process: `{"good_images", "done", "total",
+        "elapsed_s"}` (members fitted of all), or None."""
+        fitting = self._fitting
+        if fitting is None:
+            return None
+        shown = {k: v for k, v in fitting.items() if k != "started"}
+        return shown | {"elapsed_s": round(time.monotonic() - fitting["started"], 1)}
 
     def problem(self) -> str | None:
         """Why the newest normality model is not served, or why the last refit failed."""
@@ -226,9 +238,22 @@ class AnomalyService(BackgroundLoop):
     def _fit_and_register(self) -> tuple[int, NormalityEnsemble]:
         labels = len(self.repo.anomalies.known_good_images())
         images = self._known_good_pixels()
-        encoders = [self._encoder(ENCODER_ID, s) for s in self.settings.anomaly_input_sizes]
-        with self._work, torch.no_grad():
-            model = fit_ensemble(encoders, images, cache=self._cache(ENCODER_ID))
+        sizes = self.settings.anomaly_input_sizes
+        encoders = [self._encoder(ENCODER_ID, s) for s in sizes]
+        fitting = {"good_images": len(images), "done": 0, "total": len(sizes)}
+        self._fitting = fitting | {"started": time.monotonic()}
+
+        def progress(done: int, total: int) -> None:
+            if self._fitting is not None:
+                self._fitting = self._fitting | {"done": done}
+
+        try:
+            with self._work, torch.no_grad():
+                model = fit_ensemble(
+                    encoders, images, cache=self._cache(ENCODER_ID), progress=progress
+                )
+        finally:
+            self._fitting = None
         path = self._save(model)
         model_id = self.repo.anomalies.register_normality_model(
             encoder_id=model.encoder_id,

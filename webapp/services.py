@@ -654,6 +654,7 @@ class Services:
             "normality_model": None if normality is None else normality.model_id,
             "normality_good_images": None if normality is None else normality.model.good_images,
             "anomaly_problem": self.anomaly.problem() if self.anomaly is not None else None,
+            "normality_fit": self.anomaly.fitting if self.anomaly is not None else None,
             "starter": self.starter_status() if active is None else None,
         }
 
@@ -677,6 +678,7 @@ class Services:
             "problem": status["problem"],
             "normality_model": status["normality_model"],
             "anomaly_problem": status["anomaly_problem"],
+            "normality_fit": status["normality_fit"],
             "starter": status["starter"],
             "queue_length": self.repo.images.counts()["pending"],
             "prediction_backlog": self.predictions.backlog,

@@ -49,6 +49,14 @@ def starter_words(starter: dict) -> str:  # type: ignore[type-arg]
     )
 
 
+def normality_fit_words(fit: dict) -> str:  # type: ignore[type-arg]
+    """The normality refit under way, in words."""
+    return (
+        f"Fitting the **anomaly maps** to {fit['good_images']} images marked Defect-free: "
+        f"{fit['done']} of {fit['total']} input sizes done, {fit['elapsed_s']:.0f} s so far."
+    )
+
+
 def scale_words(status: dict) -> str:  # type: ignore[type-arg]
     """How the served model sees an image, in words."""
     views = f"{status['test_time_views']} view" + ("s" if status["test_time_views"] != 1 else "")
@@ -77,6 +85,8 @@ def model_line(services: Services) -> str:
         )
     if status["starter"] and status["state"] != "model":
         line += f"\n\n{starter_words(status['starter'])}"
+    if status.get("normality_fit"):
+        line += f"\n\n{normality_fit_words(status['normality_fit'])}"
     if status["problem"]:
         line += f"\n\n⚠ {status['problem']}"
     if status.get("anomaly_problem"):
