@@ -204,6 +204,27 @@ def test_a_refit_waits_at_least_as_long_as_the_last_fit_took(
         services.shutdown()
 
 
+def test_a_change_of_input_sizes_refits_with_the_new_sizes(tmp_path: Path) -> None:
+    """A deployment whose model was fitted at other input sizes (an older default, or a
+    changed setting) refits at the configured ones on its next check."""
+    services = build_services(settings_for(tmp_path))
+    try:
+        for seed in (1, 2):
+            add_good(services, seed)
+        before = AnomalyService(services.repo, services.settings, refits=True)
+        before.check()
+        assert before.served is not None and before.served.model.input_sizes == (128,)
+        changed = settings_for(tmp_path, anomaly_input_sizes=[64, 128])
+        after = AnomalyService(services.repo, changed, refits=True)
+        after.check()
+        assert after.served is not None and after.served.model.input_sizes == (64, 128)
+        assert len(services.repo.anomalies.normality_models()) == 2
+        after.check()  # fitted at the configured sizes: nothing more to do
+        assert len(services.repo.anomalies.normality_models()) == 2
+    finally:
+        services.shutdown()
+
+
 def test_a_refit_under_way_shows_its_progress(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

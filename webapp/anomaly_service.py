@@ -208,10 +208,16 @@ class AnomalyService(BackgroundLoop):
         if goods < MIN_GOOD_IMAGES:
             return None
         newest = self.repo.anomalies.newest_normality_model()
+        served = self._served
         stale = (
             newest is None
             or int(newest.metrics.get(LABELS_KEY, newest.good_images)) != goods
             or (newest.id in self.refused and self.current != newest.id)
+            or (  # the input sizes setting changed (e.g. a model fitted before at one size)
+                served is not None
+                and served.model_id == newest.id
+                and served.model.input_sizes != self.settings.anomaly_input_sizes
+            )
         )
         if not stale:
             return None
