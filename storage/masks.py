@@ -41,11 +41,19 @@ def decode_mask(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("L")) > 127
 
 
+# zlib level of heatmap PNGs. The low byte of a 16-bit heatmap is noise to zlib, so every
+# level gives about the same size (430 kB for 512 x 512); level 1 encodes in 16 ms against
+# 24 ms at Pillow's default 6, on every prediction stored.
+HEATMAP_COMPRESS_LEVEL = 1
+
+
 def encode_heatmap(heatmap: np.ndarray) -> bytes:
     """float heatmap in [0, 1] → 16-bit grayscale PNG (lossless to 1/65535)."""
     scaled = np.clip(heatmap, 0.0, 1.0) * 65535.0 + 0.5
     buf = io.BytesIO()
-    PILImage.fromarray(scaled.astype(np.uint16)).save(buf, format="PNG")
+    PILImage.fromarray(scaled.astype(np.uint16)).save(
+        buf, format="PNG", compress_level=HEATMAP_COMPRESS_LEVEL
+    )
     return buf.getvalue()
 
 
