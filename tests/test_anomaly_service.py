@@ -154,16 +154,23 @@ def test_a_damaged_file_is_skipped_and_the_refitting_process_replaces_it(
         services.shutdown()
 
 
+def fitted_then_one_more_good(services: Services) -> tuple[AnomalyService, int]:
+    """A refitting service fitted on two good images, then a third marked good: the
+    service and the id of its first model."""
+    for seed in (1, 2):
+        add_good(services, seed)
+    anomaly = AnomalyService(services.repo, services.settings, refits=True)
+    anomaly.check()
+    first = anomaly.current
+    assert first is not None
+    add_good(services, 3)
+    return anomaly, first
+
+
 def test_refits_wait_for_the_refit_interval(tmp_path: Path) -> None:
     services = build_services(settings_for(tmp_path, anomaly_refit_seconds=600))
     try:
-        for seed in (1, 2):
-            add_good(services, seed)
-        anomaly = AnomalyService(services.repo, services.settings, refits=True)
-        anomaly.check()
-        first = anomaly.current
-        assert first is not None
-        add_good(services, 3)
+        anomaly, first = fitted_then_one_more_good(services)
         pending = services.ingest(png(surface(7)), "pending.png", source="test").id
         wait = anomaly.check()
         assert 0 < wait <= 600
@@ -188,13 +195,7 @@ def test_a_refit_waits_at_least_as_long_as_the_last_fit_took(
     monkeypatch.setattr(anomaly_service, "fit_ensemble", slow_fit)
     services = build_services(settings_for(tmp_path))  # anomaly_refit_seconds=0
     try:
-        for seed in (1, 2):
-            add_good(services, seed)
-        anomaly = AnomalyService(services.repo, services.settings, refits=True)
-        anomaly.check()
-        first = anomaly.current
-        assert first is not None
-        add_good(services, 3)
+        anomaly, first = fitted_then_one_more_good(services)
         wait = anomaly.check()
         assert wait > 0.5 * SLOW_FIT_S  # the interval alone (0 s) would refit now
         assert anomaly.current == first and len(services.repo.anomalies.normality_models()) == 1
