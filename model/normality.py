@@ -240,6 +240,15 @@ def _build_index(bank: np.ndarray) -> faiss.IndexFlatL2:
     return index
 
 
+def fit_sample(count: int, *, max_images: int = MAX_FIT_IMAGES, seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of the good images a fit reads out of `count`: all of them, or a
+    seeded sample of `max_images`. Callers that decode images apply it first, so images
+    the fit would drop are never decoded."""
+    if count <= max_images:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, max_images, replace=False))
+
+
 def fit_normality(
     encoder: FrozenEncoder,
     images: Sequence[tuple[str, np.ndarray]],
@@ -260,9 +269,7 @@ def fit_normality(
     if len(images) < 2:
         raise ValueError(f"a normality model needs at least 2 known-good images, got {len(images)}")
     offered = len(images)
-    if offered > max_images:
-        keep = np.sort(np.random.default_rng(seed).choice(offered, max_images, replace=False))
-        images = [images[i] for i in keep]
+    images = [images[i] for i in fit_sample(offered, max_images=max_images, seed=seed)]
     if not 0.0 < coreset_ratio <= 1.0:
         raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
     levels = pick_levels(encoder.feature_strides, encoder.feature_channels)

@@ -205,6 +205,34 @@ def test_a_refit_waits_at_least_as_long_as_the_last_fit_took(
         services.shutdown()
 
 
+def test_a_fit_decodes_only_the_good_images_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the fit's bound, the sample is drawn before decoding: thousands of good
+    images are never all held in memory at once."""
+    monkeypatch.setattr(anomaly_service, "MAX_FIT_IMAGES", 2)
+    decoded: list[str] = []
+    real_decode = anomaly_service.decode_image
+
+    def counting_decode(data, *, name):  # type: ignore[no-untyped-def]
+        decoded.append(name)
+        return real_decode(data, name=name)
+
+    monkeypatch.setattr(anomaly_service, "decode_image", counting_decode)
+    services = build_services(settings_for(tmp_path))
+    try:
+        for seed in (1, 2, 3, 4):
+            add_good(services, seed)
+        anomaly = AnomalyService(services.repo, services.settings, refits=True)
+        anomaly.check()
+        assert anomaly.served is not None and anomaly.served.model.good_images == 2
+        assert len(decoded) == 2
+        row = services.repo.anomalies.newest_normality_model()
+        assert row is not None and row.metrics["known_good_labels"] == 4
+    finally:
+        services.shutdown()
+
+
 def test_a_change_of_input_sizes_refits_with_the_new_sizes(tmp_path: Path) -> None:
     """A deployment whose model was fitted at other input sizes (an older default, or a
     changed setting) refits at the configured ones on its next check."""

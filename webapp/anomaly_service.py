@@ -31,6 +31,7 @@ from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_file
 from model.images import decode_image
+from model.normality import MAX_FIT_IMAGES, fit_sample
 from model.normality_ensemble import EnsembleScorer, NormalityEnsemble, fit_ensemble
 from storage.errors import StorageError
 from storage.repository import Repository
@@ -272,9 +273,12 @@ class AnomalyService(BackgroundLoop):
         return model_id, model
 
     def _known_good_pixels(self) -> list[tuple[str, np.ndarray]]:
-        """(sha256, RGB) of every known-good image; one unreadable image is skipped."""
+        """(sha256, RGB) of the known-good images the fit reads (all, or a seeded sample of
+        `MAX_FIT_IMAGES`, chosen before decoding); one unreadable image is skipped."""
+        goods = self.repo.anomalies.known_good_images()
         pixels = []
-        for image in self.repo.anomalies.known_good_images():
+        for index in fit_sample(len(goods), max_images=MAX_FIT_IMAGES):
+            image = goods[index]
             try:
                 data = self.repo.images.image_bytes(image.id)
                 pixels.append((image.sha256, decode_image(data, name=f"image {image.id}")))
