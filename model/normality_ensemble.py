@@ -29,6 +29,7 @@ import numpy as np
 from model.encoders.base import FrozenEncoder
 from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
+from model.hashing import sha256_bytes
 from model.normality import (
     AnomalyResult,
     AnomalyScorer,
@@ -146,6 +147,7 @@ class EnsembleScorer:
 
     def score(self, image: np.ndarray, *, sha256: str | None = None) -> AnomalyResult:
         """Mean heatmap (at the image's own size) and mean normalised score."""
-        results = [s.score(image, sha256=sha256) for s in self.scorers]
+        sha = sha256 or sha256_bytes(np.ascontiguousarray(image).tobytes())  # once, not per member
+        results = [s.score(image, sha256=sha) for s in self.scorers]
         heat = np.mean([r.heatmap for r in results], axis=0).astype(np.float32)
         return AnomalyResult(heatmap=heat, score=float(np.mean([r.score for r in results])))

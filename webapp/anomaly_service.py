@@ -234,11 +234,11 @@ class AnomalyService(BackgroundLoop):
         try:
             model_id, model = self._fit_and_register()
         except (ValueError, OSError, StorageError, CheckpointError) as exc:
-            self._fit_ended = time.monotonic()
             self._fit_problem = f"the normality model could not be refitted: {exc}"
             log.error(self._fit_problem)
             return
-        self._fit_ended = time.monotonic()
+        finally:
+            self._fit_ended = time.monotonic()
         self._fit_problem = None
         self._swap(model_id, model)
 
@@ -247,8 +247,12 @@ class AnomalyService(BackgroundLoop):
         images = self._known_good_pixels()
         sizes = self.settings.anomaly_input_sizes
         encoders = [self._encoder(ENCODER_ID, s) for s in sizes]
-        fitting = {"good_images": len(images), "done": 0, "total": len(sizes)}
-        self._fitting = fitting | {"started": time.monotonic()}
+        self._fitting = {
+            "good_images": len(images),
+            "done": 0,
+            "total": len(sizes),
+            "started": time.monotonic(),
+        }
 
         def progress(done: int, total: int) -> None:
             if self._fitting is not None:
