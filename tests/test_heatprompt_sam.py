@@ -8,6 +8,7 @@ import torch
 from model.checkpoint import load_bundle, new_bundle, save_checkpoint
 from model.errors import CheckpointError
 from model.full_res import FullResRefinement
+from model.fusion import texture_contrast
 from model.heatprompt_sam import HeadsConfig
 from model.mask_decoding import decode_batched
 
@@ -151,3 +152,16 @@ def test_effnet_heads_correct_masks_at_full_resolution() -> None:
     assert out.mask_logits.shape == (2, 1, 64, 64)
     out.mask_logits.mean().backward()
     assert heads.full_res.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_texture_contrast_standardises_each_channel_by_its_own_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 3, 9, 7, generator=gen) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1)
+    feat = feat + torch.tensor([0.0, -3.0, 40.0]).view(1, 3, 1, 1)
+    out = texture_contrast(feat)
+    flat = feat.double().flatten(2)
+    mean = flat.mean(-1, keepdim=True)
+    std = flat.std(-1, keepdim=True)  # unbiased, the statistics trained checkpoints used
+    expected = ((flat - mean) / (std + 1e-5)).view_as(feat)
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    assert texture_contrast(feat.bfloat16()).dtype == torch.bfloat16
