@@ -1,7 +1,7 @@
 """Background predictions in batches, end to end over a launched server: images uploaded
-while the worker is busy are predicted together in one model call, each gets exactly one
-stored prediction tagged with the served version, and one damaged image in a batch costs
-only its own prediction. Also the serving setting for the test-time views."""
+while the workers are busy are predicted together (one model call per worker at most),
+each gets exactly one stored prediction tagged with the served version, and one damaged
+image in a batch costs only its own prediction. Also the serving setting for the test-time views."""
 
 from __future__ import annotations
 
@@ -56,21 +56,24 @@ def stored_predictions(app: RunningApp, image_id: int) -> list[int | None]:
 def held_worker(
     running_app: RunningApp, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[list[int], threading.Event, threading.Event]]:
-    """The real `ModelServer.predict_many`, recording each call's batch size; its first call
-    waits for the returned `release` event (after setting `busy`), so a test can queue
-    uploads behind a busy worker."""
+    """The real `ModelServer.predict_many`, recording each call's batch size; calls wait for
+    the returned `release` event (`busy` is set once every worker waits), so a test can
+    queue uploads behind busy workers."""
     services = running_app.app.services
     assert services.wait_for_predictions(HTTP_TIMEOUT)
     real = services.models.predict_many
+    workers = services.predictions.workers
     sizes: list[int] = []
     busy, release = threading.Event(), threading.Event()
+    calls = iter(range(10**6))  # next() is atomic
 
     def recording(
         images: Sequence[np.ndarray], *, shas: Sequence[str]
     ) -> tuple[list[Prediction], int | None]:
         sizes.append(len(images))
-        if not busy.is_set():
-            busy.set()
+        if not release.is_set():
+            if next(calls) + 1 == workers:
+                busy.set()
             release.wait(HTTP_TIMEOUT)
         return real(images, shas=shas)
 
@@ -85,12 +88,15 @@ def test_uploads_queued_behind_a_busy_worker_are_predicted_in_one_batch(
 ) -> None:
     sizes, busy, release = held_worker
     services = running_app.app.services
-    ids = [upload(running_app, 0)]
-    assert busy.wait(HTTP_TIMEOUT)  # the worker is predicting the first image alone
-    ids += [upload(running_app, seed) for seed in range(1, 6)]
+    workers = services.predictions.workers
+    ids = [upload(running_app, seed) for seed in range(workers)]
+    assert busy.wait(HTTP_TIMEOUT)  # every worker is predicting one image alone
+    ids += [upload(running_app, seed) for seed in range(workers, workers + 5)]
     release.set()
     assert services.wait_for_predictions(HTTP_TIMEOUT)
-    assert sizes == [1, 5]  # the five queued uploads: one model call
+    assert sizes[:workers] == [1] * workers
+    # The five queued uploads: one model call with one worker, at most one per worker.
+    assert sum(sizes[workers:]) == 5 and len(sizes[workers:]) <= workers
     served = HTTP.get(f"{running_app.url}/api/health").json()["served_model_version"]
     assert served is not None
     for image_id in ids:
@@ -106,7 +112,8 @@ def test_a_damaged_image_in_a_batch_costs_only_its_own_prediction(
 ) -> None:
     sizes, busy, release = held_worker
     services = running_app.app.services
-    first = upload(running_app, 10)
+    workers = services.predictions.workers
+    firsts = [upload(running_app, seed) for seed in range(20, 20 + workers)]
     assert busy.wait(HTTP_TIMEOUT)
     ids = [upload(running_app, seed) for seed in range(11, 15)]
     damaged = ids[1]
@@ -114,12 +121,15 @@ def test_a_damaged_image_in_a_batch_costs_only_its_own_prediction(
     blob.write_bytes(b"not the image any more")  # its hash check fails when it is read
     release.set()
     assert services.wait_for_predictions(HTTP_TIMEOUT)
-    # The batch of four failed as a whole reading the damaged image (before any model
-    # call), then the images were predicted one by one: the three good ones got there.
-    assert sizes == [1, 1, 1, 1]
+    # The batch with the damaged image failed as a whole reading it (before any model
+    # call), then its images were predicted one by one: the good ones got there, and the
+    # damaged one never reached the model.
+    assert sum(sizes) == workers + 3
+    if workers == 1:
+        assert sizes == [1, 1, 1, 1]
     served = services.models.current.version_id if services.models.current else None
     assert stored_predictions(running_app, damaged) == []
-    for image_id in [first, *ids]:
+    for image_id in [*firsts, *ids]:
         if image_id != damaged:
             assert stored_predictions(running_app, image_id) == [served]
     health = HTTP.get(f"{running_app.url}/api/health").json()

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.webapp_fixtures import make_checkpoint
@@ -163,11 +164,46 @@ def test_shutdown_finishes_the_queued_batches() -> None:
     assert sorted(i for b in batches for i in b) == [1, 2, 3, 4]
 
 
-def test_every_ingested_image_is_predicted_through_a_tiny_queue(tmp_path: Path) -> None:
+def test_workers_predict_batches_at_once_after_their_setup() -> None:
+    both_busy = threading.Barrier(2, timeout=60)  # broken unless two batches run at once
+    started: list[str] = []
+    batches: list[list[int]] = []
+    calls = iter(range(1_000))  # next() is atomic: the first two calls meet at the barrier
+
+    def predict_batch(ids: list[int]) -> None:
+        if next(calls) < 2:
+            both_busy.wait()
+        batches.append(list(ids))
+
+    q = PredictionQueue(
+        predict_batch,
+        capacity=8,
+        batch_size=1,
+        workers=2,
+        on_worker_start=lambda: started.append(threading.current_thread().name),
+    )
+    try:
+        assert q.workers == 2
+        for image_id in (1, 2, 3):
+            assert q.submit(image_id)
+        assert q.wait_idle(60)
+        assert not both_busy.broken
+        assert sorted(i for b in batches for i in b) == [1, 2, 3]
+        assert sorted(started) == ["predict-0", "predict-1"]  # in each worker's own thread
+    finally:
+        q.shutdown()
+    assert not q.submit(4)  # every worker stopped
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_ingested_image_is_predicted_through_a_tiny_queue(
+    tmp_path: Path, workers: int
+) -> None:
     settings = Settings(
         data_dir=tmp_path / "data",
         checkpoint=make_checkpoint(tmp_path / "m.pt"),
         prediction_queue_size=1,
+        prediction_workers=workers,
     )
     app = create_app(settings, ui=False, watch=False)
     try:
@@ -182,5 +218,6 @@ def test_every_ingested_image_is_predicted_through_a_tiny_queue(tmp_path: Path) 
         assert all(services.repo.images.latest_prediction(i) is not None for i in ids)
         health = services.health()
         assert health["prediction_backlog"] == 0 and health["prediction_unpredicted"] == 0
+        assert health["prediction_workers"] == workers
     finally:
         app.stop()

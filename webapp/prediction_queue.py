@@ -6,9 +6,11 @@ it is full an image is not dropped: it simply has no prediction yet, and the dat
 the backlog — whenever the queue runs dry the worker asks `refill` for pending images that
 still have none. `backlog` is what `/api/health` reports.
 
-The worker blocks for one id, then takes whatever else is already queued (up to
+A worker blocks for one id, then takes whatever else is already queued (up to
 `batch_size`) without waiting: a lone upload is predicted at once, and a burst of uploads
 becomes one model call per batch, which amortises the per-call overhead of the encoder.
+Several workers predict several batches at once (on a CPU, one per core:
+`model.cpu_threads`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ MAX_REMEMBERED_FAILURES = 10_000
 
 
 class PredictionQueue:
-    """One worker thread predicting image ids handed to `submit`, at most `capacity` queued,
-    `batch_size` at a time."""
+    """`workers` threads predicting image ids handed to `submit`, at most `capacity` queued,
+    `batch_size` at a time; each calls `on_worker_start` first (e.g. to set its threads)."""
 
     def __init__(
         self,
@@ -34,6 +36,8 @@ class PredictionQueue:
         capacity: int,
         batch_size: int = 1,
         refill: Callable[[int], list[int]] | None = None,
+        workers: int = 1,
+        on_worker_start: Callable[[], object] | None = None,
     ) -> None:
         self._predict_batch = predict_batch
         self._refill = refill
@@ -45,8 +49,13 @@ class PredictionQueue:
         self._overflowed = False  # some submissions were left to the database backlog
         self._failed: set[int] = set()  # never refilled again by this process
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="predict", daemon=True)
-        self._thread.start()
+        self._on_worker_start = on_worker_start
+        self._threads = [
+            threading.Thread(target=self._run, name=f"predict-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def backlog(self) -> int:
@@ -61,6 +70,10 @@ class PredictionQueue:
     @property
     def batch_size(self) -> int:
         return self._batch_size
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     def submit(self, image_id: int) -> bool:
         """Queue an image; False when the queue is full (it stays in the database backlog)."""
@@ -86,9 +99,11 @@ class PredictionQueue:
         """Stop taking work; with `wait`, finish what is queued first."""
         with self._lock:
             self._closed = True
-        self._queue.put(_STOP)
+        for _ in self._threads:  # one stop marker per worker, behind everything queued
+            self._queue.put(_STOP)
         if wait:
-            self._thread.join()
+            for thread in self._threads:
+                thread.join()
 
     def _next_batch(self) -> tuple[list[int], bool]:
         """Block for one id, then take what is already queued, up to `batch_size`; and
@@ -108,6 +123,11 @@ class PredictionQueue:
         return batch, False
 
     def _run(self) -> None:
+        if self._on_worker_start is not None:
+            try:
+                self._on_worker_start()
+            except Exception as exc:  # a worker that could not set up still predicts
+                log.error("prediction worker setup failed: %s", exc)
         while True:
             batch, stop = self._next_batch()
             if batch:

@@ -12,6 +12,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from PIL import Image as PILImage
 
 from model.checkpoint import read_checkpoint
 from model.click_mask import refine_with_clicks
+from model.cpu_threads import pin_intra_op_threads, prediction_workers
 from model.errors import CheckpointError
 from model.geometry import scale_label
 from model.images import decode_image
@@ -149,11 +151,14 @@ class Services:
     predictions: PredictionQueue = field(init=False)
 
     def __post_init__(self) -> None:
+        workers, threads = prediction_workers(self.settings.prediction_workers)
         self.predictions = PredictionQueue(
             self._predict_in_background,
             capacity=self.settings.prediction_queue_size,
             batch_size=self.settings.prediction_batch_size,
             refill=self._unpredicted,
+            workers=workers,
+            on_worker_start=None if threads is None else partial(pin_intra_op_threads, threads),
         )
 
     def _unpredicted(self, limit: int) -> list[int]:
@@ -682,6 +687,7 @@ class Services:
             "starter": status["starter"],
             "queue_length": self.repo.images.counts()["pending"],
             "prediction_backlog": self.predictions.backlog,
+            "prediction_workers": self.predictions.workers,
             "prediction_unpredicted": self.repo.images.count_pending(unpredicted_only=True),
         }
 

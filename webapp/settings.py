@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     prediction_queue_size: int = Field(default=256, ge=1)  # image ids, not pixels
     # Background predictions are made this many queued images at a time (one model call).
     prediction_batch_size: int = Field(default=8, ge=1)
+    # Threads predicting background batches at once (None: one per CPU core, up to 4, each
+    # computing on its share of the cores; one on a GPU). See `model.cpu_threads`.
+    prediction_workers: int | None = Field(default=None, ge=1)
     # Test-time views served: None all the model's calibrated ones, N the first N (faster).
     prediction_views: int | None = Field(default=None, ge=1)
     retrain_check_minutes: float = Field(default=10.0, gt=0)

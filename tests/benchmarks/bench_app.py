@@ -2,8 +2,9 @@
 prediction of a new image, and API ingest throughput one-by-one versus 8 in flight.
 
 Then ingest throughput (upload + background prediction, images/s) by serving setting, each
-on a fresh app and cold feature cache: background batches of 1 (the old one-image worker)
-versus `prediction_batch_size` 8, and all of a trained model's test-time views versus
+on a fresh app and cold feature cache: one worker predicting batches of 1 (the old
+one-image worker) versus `prediction_batch_size` 8, one worker versus the default workers
+(one per core, `prediction_workers`), and all of a trained model's test-time views versus
 `prediction_views` 1. That model carries every view, as training calibrates it.
 
 Run with `make bench`. Serves a real app on localhost with an `effnet_lite0` model at
@@ -76,13 +77,20 @@ def _ingest_rate(
     return len(blobs) / (time.perf_counter() - start)
 
 
-# (prediction_batch_size, prediction_views): the old one-image worker, the batched one, and
-# the batched one serving the first view only.
-SERVING = ((1, None), (8, None), (8, 1))
+# (prediction_batch_size, prediction_views, prediction_workers): the old one-image worker,
+# one batching worker, the default workers, and those serving the first view only.
+SERVING = ((1, None, 1), (8, None, 1), (8, None, None), (8, 1, None))
 
 
-def _serving_key(batch: int, views: int | None, in_flight: int) -> str:
-    return f"ingest_per_s_batch{batch}_views{views or 'all'}_{in_flight}_in_flight"
+def _serving_key(batch: int, views: int | None, workers: int | None, in_flight: int) -> str:
+    return (
+        f"ingest_per_s_batch{batch}_views{views or 'all'}_workers{workers or 'auto'}_"
+        f"{in_flight}_in_flight"
+    )
+
+
+def _serving_label(batch: int, views: int | None, workers: int | None) -> str:
+    return f"batch {batch}, {views or 'all'} view(s), {workers or 'default'} worker(s)"
 
 
 def serving_settings(root: Path, images: int, repeats: int) -> dict[str, float]:
@@ -95,13 +103,14 @@ def serving_settings(root: Path, images: int, repeats: int) -> dict[str, float]:
     bundle.meta.test_time_views = list(TRANSFORMS)  # as a trained model serves them
     ckpt = save_checkpoint(root / "all-views.pt", bundle)
     served = []
-    for batch, views in SERVING:
+    for batch, views, workers in SERVING:
         settings = Settings(
-            data_dir=root / f"data-batch{batch}-views{views}",
+            data_dir=root / f"data-batch{batch}-views{views}-workers{workers}",
             checkpoint=ckpt,
             database_url=None,
             prediction_batch_size=batch,
             prediction_views=views,
+            prediction_workers=workers,
         )
         served.append(_serve(settings, ui=False))
         if served[-1][0].services.models.views != views:
@@ -112,11 +121,11 @@ def serving_settings(root: Path, images: int, repeats: int) -> dict[str, float]:
         for app, _, client, url in served:  # warm-up: first calls, lazily built modules
             _ingest_rate(app, client, url, [_png(next(seeds)) for _ in range(2)], 1)
         for _ in range(repeats):
-            for (batch, views), (app, _, client, url) in zip(SERVING, served, strict=True):
+            for arm, (app, _, client, url) in zip(SERVING, served, strict=True):
                 for in_flight in (1, 8):
                     blobs = [_png(next(seeds)) for _ in range(images)]
                     rate = _ingest_rate(app, client, url, blobs, in_flight)
-                    rates.setdefault(_serving_key(batch, views, in_flight), []).append(rate)
+                    rates.setdefault(_serving_key(*arm, in_flight), []).append(rate)
     finally:
         for app, server, _, _ in served:
             server.should_exit = True
@@ -198,17 +207,17 @@ def main() -> None:
         f"ingest+predict by serving setting, {len(TRANSFORMS)}-view model, img/s (median of "
         f"{args.serving_repeats} interleaved rounds of {args.serving_images} images):"
     )
-    for batch, views in SERVING:
-        one = result[_serving_key(batch, views, 1)]
-        eight = result[_serving_key(batch, views, 8)]
+    for arm in SERVING:
+        one, eight = (result[_serving_key(*arm, n)] for n in (1, 8))
         print(
-            f"  batch {batch}, {views or 'all'} view(s): {one:.2f} one by one, "
+            f"  {_serving_label(*arm)}: {one:.2f} one by one, "
             f"{eight:.2f} with 8 in flight ({eight / one:.2f}x)"
         )
-    base, batched, one_view = (result[_serving_key(b, v, 8)] for b, v in SERVING)
+    base, batched, workers, one_view = (result[_serving_key(*arm, 8)] for arm in SERVING)
     print(
-        f"  with 8 in flight: batch 8 vs batch 1 {batched / base:.2f}x, "
-        f"1 view vs all {one_view / batched:.2f}x"
+        f"  with 8 in flight: batch 8 vs batch 1 {batched / base:.2f}x, default workers "
+        f"vs the old one-image worker {workers / base:.2f}x, 1 view vs all "
+        f"{one_view / workers:.2f}x"
     )
 
 
