@@ -1,4 +1,4 @@
-"""How a serving process shares the CPU's cores: prediction workers × intra-op threads.
+"""How a serving process shares the CPU's cores: compute threads × intra-op threads.
 
 PyTorch runs each operator on an OpenMP team that belongs to the calling Python thread.
 A server computes in several threads (background prediction, requests, the anomaly refit);
@@ -7,13 +7,22 @@ between operators, and a network of many small operators (the heads on one tile)
 slower in a background thread than on the main thread of an idle process. One worker per
 core, each computing with its own share of the cores (one thread on a small CPU), keeps
 every operator on a core of its own and predicts several batches at once instead.
+`ComputePool` holds those threads: the tile batches of every prediction (a lone large
+image's too) run there side by side.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_AUTO_WORKERS = 4  # each worker holds one batch of tiles and their activations
 
@@ -46,3 +55,42 @@ def pin_intra_op_threads(count: int) -> None:
     """
     torch.get_num_threads()
     torch.set_num_threads(count)
+
+
+class ComputePool:
+    """`threads` compute threads with `intra_op` PyTorch threads each."""
+
+    def __init__(self, threads: int, intra_op: int) -> None:
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(
+            threads,
+            thread_name_prefix="compute",
+            initializer=pin_intra_op_threads,
+            initargs=(intra_op,),
+        )
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """`fn` over `items` in the pool, results in order, at most `threads` computed
+        ahead of the one the caller reads (a large image's tiles are not all held)."""
+        pending: deque[Future[R]] = deque()
+        source = iter(items)
+        for item in source:
+            pending.append(self._executor.submit(fn, item))
+            if len(pending) >= self.threads:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in source:
+                pending.append(self._executor.submit(fn, item))
+                break
+            yield result
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def cpu_compute_pool(setting: int | None) -> ComputePool | None:
+    """The pool for the `prediction_workers` setting; None on a GPU (one batch at a time
+    keeps it busy)."""
+    workers, intra_op = prediction_workers(setting)
+    return None if intra_op is None else ComputePool(workers, intra_op)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import ModelBundle
+from model.cpu_threads import ComputePool
 from model.decision import MaskRule
 from model.feature_cache import FeatureCache
 from model.geometry import Geometry
@@ -63,7 +64,7 @@ class Predictor:
     """Predicts with one model bundle, caching frozen encodings by image (or tile) hash.
 
     `views` overrides the model's calibrated test-time views (fewer views: faster, a
-    little less accurate); None keeps them.
+    little less accurate); None keeps them. With a `pool`, tile batches run on its threads.
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class Predictor:
         *,
         cache: FeatureCache | None = None,
         views: Sequence[str] | None = None,
+        pool: ComputePool | None = None,
     ) -> None:
         self.bundle = bundle
+        self.pool = pool
         self.cache = cache if cache is not None else FeatureCache(None, max_memory_bytes=256 << 20)
         self.views = tuple(views) if views is not None else None
         if self.views is not None and not self.views:
@@ -140,6 +143,7 @@ class Predictor:
             views=self.views,
             use_prompt=use_prompt,
             times=times,
+            pool=self.pool,
         )
         for i, image_clicks in enumerate(clicks):
             if image_clicks:

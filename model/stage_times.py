@@ -1,14 +1,17 @@
 """Where prediction time goes: tiles, encoder, heads and stitching, for `bench-image`.
 
-Prediction code takes an optional `StageTimes` and adds to it; None costs nothing.
+Prediction code takes an optional `StageTimes` and adds to it; None costs nothing. Tile
+batches on a compute pool add from several threads at once: their stage times are the sum
+over the threads, not wall time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -19,6 +22,7 @@ class StageTimes:
     encode_s: float = 0.0
     heads_s: float = 0.0
     stitch_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @contextlib.contextmanager
     def measure(self, stage: str) -> Iterator[None]:
@@ -27,8 +31,9 @@ class StageTimes:
         try:
             yield
         finally:
-            name = f"{stage}_s"
-            setattr(self, name, getattr(self, name) + time.perf_counter() - start)
+            name, elapsed = f"{stage}_s", time.perf_counter() - start
+            with self._lock:
+                setattr(self, name, getattr(self, name) + elapsed)
 
 
 def measured(times: StageTimes | None, stage: str) -> contextlib.AbstractContextManager[None]:

@@ -10,15 +10,17 @@ pixels: the same crop of the same image is never encoded twice, whoever asks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from model.checkpoint import ModelBundle
+from model.cpu_threads import ComputePool
 from model.feature_cache import FeatureCache
 from model.hashing import sha256_bytes
-from model.inference import predict_views
+from model.inference import MapBatch, predict_views
 from model.stage_times import StageTimes, measured
 from model.tiling import Stitcher, Tile, TilePlan
 
@@ -71,11 +73,13 @@ def predict_maps(
     use_prompt: bool = True,
     batch_size: int = 8,
     times: StageTimes | None = None,
+    pool: ComputePool | None = None,
 ) -> list[ImageMaps]:
     """Maps for uint8 model-space images of any size (views default to the model's own).
 
     `shas` (the images' hashes) key single-tile images in the cache; tiles of larger
-    images are keyed by their pixels. Tiles of all images share batches.
+    images are keyed by their pixels. Tiles of all images share batches; with a `pool`,
+    the batches are smaller where that gives each of its threads one, and run side by side.
     """
     views = tuple(bundle.meta.test_time_views if views is None else views)
     tile = bundle.encoder.input_size
@@ -88,18 +92,24 @@ def predict_maps(
     single = [len(p) == 1 and p.shape == (tile, tile) for p in plans]
     stitchers = {i: Stitcher(p, 2) for i, p in enumerate(plans) if not single[i]}
     direct: dict[int, ImageMaps] = {}
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        maps = predict_views(
+    threads = pool.threads if pool is not None else 1
+    size = max(1, min(batch_size, math.ceil(len(jobs) / threads)))
+    chunks = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+
+    def run(chunk: list[_Job]) -> MapBatch:
+        return predict_views(
             bundle,
             [j.crop for j in chunk],
             shas=[j.key for j in chunk],
             cache=cache,
             views=views,
             use_prompt=use_prompt,
-            batch_size=batch_size,
+            batch_size=size,
             times=times,
         )
+
+    results = pool.map(run, chunks) if pool is not None and len(chunks) > 1 else map(run, chunks)
+    for chunk, maps in zip(chunks, results, strict=True):
         with measured(times, "stitch"):
             for j, job in enumerate(chunk):
                 if single[job.image]:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
 
-from model.cpu_threads import MAX_AUTO_WORKERS, cpu_cores, pin_intra_op_threads, prediction_workers
+from model.cpu_threads import (
+    MAX_AUTO_WORKERS,
+    ComputePool,
+    cpu_compute_pool,
+    cpu_cores,
+    pin_intra_op_threads,
+    prediction_workers,
+)
 from webapp.settings import Settings
 
 
@@ -58,3 +66,44 @@ def test_prediction_workers_setting_is_checked() -> None:
     assert Settings(prediction_workers=3).prediction_workers == 3
     with pytest.raises(ValueError):
         Settings(prediction_workers=0)
+
+
+def test_the_pool_maps_in_order_on_pinned_threads_a_few_ahead() -> None:
+    pool = ComputePool(2, 1)
+    lock = threading.Lock()
+    running, most, started = 0, 0, 0
+
+    def work(item: int) -> tuple[int, int]:
+        nonlocal running, most, started
+        with lock:
+            started += 1
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02 * (item % 3))  # finish out of order
+        with lock:
+            running -= 1
+        return item * item, torch.get_num_threads()
+
+    try:
+        results = pool.map(work, range(7))
+        first = next(results)
+        time.sleep(0.2)  # the consumer is slow: the pool does not run far ahead of it
+        started_while_slow = started
+        rest = list(results)
+    finally:
+        pool.shutdown()
+    assert [r for r, _ in [first, *rest]] == [i * i for i in range(7)]
+    assert {threads for _, threads in [first, *rest]} == {1}
+    assert most == 2
+    assert started_while_slow == 3  # the one read and the next `threads`, not all seven
+
+
+def test_a_gpu_gets_no_compute_pool() -> None:
+    workers, intra_op = prediction_workers(None)
+    pool = cpu_compute_pool(None)
+    try:
+        assert (pool is None) == (intra_op is None)
+        assert pool is None or pool.threads == workers
+    finally:
+        if pool is not None:
+            pool.shutdown()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model.checkpoint import new_bundle
+from model.cpu_threads import ComputePool
 from model.dataset import LoadedSample, Sample
 from model.encoders import build_encoder
 from model.feature_cache import FeatureCache
@@ -190,3 +191,23 @@ def test_tile_overlap_is_a_stored_choice(tmp_path) -> None:  # type: ignore[no-u
     image = np.zeros((400, 400, 3), np.uint8)
     Predictor(loaded, views=["identity"]).predict(image, times=times)
     assert times.tiles == len(TilePlan((400, 400), TILE, 8)) < len(TilePlan((400, 400), TILE, 16))
+
+
+def test_tile_batches_on_a_compute_pool_give_the_same_maps(native_bundle) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    images = [
+        rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((250, 100, 3), (TILE, TILE, 3))
+    ]
+    alone = Predictor(native_bundle, views=["identity"]).predict_many(images)
+    pool = ComputePool(3, 1)
+    try:
+        times = StageTimes()
+        pooled = Predictor(native_bundle, views=["identity"], pool=pool).predict_many(
+            images, times=times
+        )
+    finally:
+        pool.shutdown()
+    assert times.tiles == len(TilePlan((250, 100), TILE, TILE // 4)) + 1
+    for a, b in zip(alone, pooled, strict=True):
+        assert np.allclose(a.heatmap, b.heatmap, atol=1e-5)
+        assert np.array_equal(a.mask, b.mask)

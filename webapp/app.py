@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from model.checkpoint import read_checkpoint
+from model.cpu_threads import cpu_compute_pool
 from model.hashing import sha256_file
 from storage.accounts import Accounts
 from storage.blobs import BlobStore
@@ -75,6 +76,7 @@ def build_services(settings: Settings) -> Services:
         cache_dir=settings.feature_cache_dir,
         sam_checkpoint=settings.sam_checkpoint,
         views=settings.prediction_views,
+        pool=cpu_compute_pool(settings.prediction_workers),
     )
     services = Services(settings=settings, repo=repo, accounts=Accounts(engine), models=models)
     if repo.registry.active_version() is None and settings.checkpoint is not None:

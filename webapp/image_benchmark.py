@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import ModelBundle
+from model.cpu_threads import ComputePool
 from model.predict import Predictor
 from model.stage_times import StageTimes
 
@@ -203,14 +204,19 @@ class _Run:
     gpu_mib: float | None
 
 
-def _predict_once(bundle: ModelBundle, image: np.ndarray, views: Sequence[str]) -> _Run:
+def _predict_once(
+    bundle: ModelBundle,
+    image: np.ndarray,
+    views: Sequence[str],
+    pool: ComputePool | None = None,
+) -> _Run:
     """One uncached prediction, timed by stage, with its memory peaks.
 
     A new `Predictor` per run brings a new memory-only cache (the one the app's predictor
     starts with), so no tile is answered from an earlier run's encodings.
     """
     device = bundle.device
-    predictor = Predictor(bundle, views=views)
+    predictor = Predictor(bundle, views=views, pool=pool)
     times = StageTimes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -231,12 +237,13 @@ def measure_image(
     name: str,
     views: Sequence[str],
     repeat: int = 1,
+    pool: ComputePool | None = None,
 ) -> ImageBenchRow:
     """Figures for `image` over `repeat` uncached predictions (no warm-up here: see
-    `benchmark_images`)."""
+    `benchmark_images`); with a `pool`, the stage times are summed over its threads."""
     if repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {repeat}")
-    runs = [_predict_once(bundle, image, views) for _ in range(repeat)]
+    runs = [_predict_once(bundle, image, views, pool) for _ in range(repeat)]
     tiles = runs[0].times.tiles
 
     def median(values: Sequence[float]) -> float:
@@ -271,6 +278,7 @@ def iter_benchmark(
     views: Sequence[str],
     repeat: int = 1,
     warmup: bool = True,
+    pool: ComputePool | None = None,
 ) -> Iterator[ImageBenchRow]:
     """One row per (name, image), each as soon as it is measured (a 4096² image can take
     a minute on a CPU), after one uncounted warm-up prediction of the first image (its
@@ -279,8 +287,8 @@ def iter_benchmark(
     views = tuple(views)
     for i, (name, image) in enumerate(images):
         if i == 0 and warmup:
-            _predict_once(bundle, image, views)
-        yield measure_image(bundle, image, name=name, views=views, repeat=repeat)
+            _predict_once(bundle, image, views, pool)
+        yield measure_image(bundle, image, name=name, views=views, repeat=repeat, pool=pool)
 
 
 def benchmark_images(

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_bundle
+from model.cpu_threads import ComputePool
 from model.errors import CheckpointError
 from model.feature_cache import FeatureCache
 from model.predict import Click, Prediction, Predictor
@@ -68,7 +69,9 @@ class ModelServer:
         cache_dir: Path | None = None,
         sam_checkpoint: Path | None = None,
         views: int | None = None,
+        pool: ComputePool | None = None,
     ) -> None:
+        """`pool`: the compute threads every served predictor runs its tile batches on."""
         if views is not None and views < 1:
             raise ValueError(f"views must be at least 1 (or None for all), got {views}")
         self._current: ServedModel | None = None
@@ -76,6 +79,12 @@ class ModelServer:
         self._cache_dir = cache_dir
         self._sam_checkpoint = sam_checkpoint
         self._views = views
+        self._pool = pool
+
+    def close(self) -> None:
+        """Stop the compute threads (after the last prediction)."""
+        if self._pool is not None:
+            self._pool.shutdown()
 
     @property
     def views(self) -> int | None:
@@ -129,7 +138,7 @@ class ModelServer:
                 max_memory_bytes=SERVED_CACHE_MEMORY_BYTES,
             )
             views = None if self._views is None else bundle.meta.test_time_views[: self._views]
-            predictor = Predictor(bundle, cache=cache, views=views)
+            predictor = Predictor(bundle, cache=cache, views=views, pool=self._pool)
             smoke_test(predictor)
             served = ServedModel(version_id, predictor, Path(checkpoint))
             self._current = served  # the swap: one reference assignment

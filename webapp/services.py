@@ -767,3 +767,4 @@ class Services:
 
     def shutdown(self) -> None:
         self.predictions.shutdown(wait=True)
+        self.models.close()
