@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from model.cpu_threads import cpu_cores, pin_intra_op_threads
 from model.hashing import sha256_file
 from storage.schema import CorrectionAction
 from tests.storage_fixtures import ENGINES, postgres_schema
@@ -335,3 +337,28 @@ def test_the_app_refits_at_once_when_a_good_label_is_saved(
         assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
     finally:
         app.stop()
+
+
+def test_the_anomaly_loop_computes_with_every_core(tmp_path: Path) -> None:
+    """Prediction workers set PyTorch's threads to their share of the cores; the loop that
+    fits and scores sets its own thread back to every core before its first check."""
+    seen: list[int] = []
+
+    class Probe(AnomalyService):
+        def tick(self) -> float:
+            seen.append(torch.get_num_threads())
+            self._stop.set()
+            return 0.0
+
+    one = threading.Thread(target=pin_intra_op_threads, args=(1,))  # as a worker does
+    one.start()
+    one.join()
+    services = build_services(settings_for(tmp_path))
+    probe = Probe(services.repo, services.settings, refits=False)
+    try:
+        probe.start()
+        wait_for(lambda: bool(seen), "the probe's first check", GUARD_S)
+    finally:
+        probe.stop()
+        services.shutdown()
+    assert seen == [cpu_cores()]

@@ -28,6 +28,10 @@ class BackgroundLoop:
     def tick(self) -> float | None:
         raise NotImplementedError
 
+    def on_start(self) -> None:
+        """Run once in the loop's own thread before its first tick (e.g. to set its
+        threads); a failure is logged and the loop runs anyway."""
+
     def start(self) -> None:
         self._thread.start()
 
@@ -46,6 +50,10 @@ class BackgroundLoop:
         return self._stop.is_set()
 
     def _run(self) -> None:
+        try:
+            self.on_start()
+        except Exception:
+            log.exception("%s setup failed", self.name)
         while not self._stop.is_set():
             wait = self.interval
             try:
