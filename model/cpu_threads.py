@@ -89,8 +89,8 @@ class ComputePool:
         self._executor.shutdown(wait=True)
 
 
-def cpu_compute_pool(setting: int | None) -> ComputePool | None:
+def cpu_compute_pool(setting: int | None, *, cuda: bool | None = None) -> ComputePool | None:
     """The pool for the `prediction_workers` setting; None on a GPU (one batch at a time
-    keeps it busy)."""
-    workers, intra_op = prediction_workers(setting)
+    keeps it busy). `cuda` as for `prediction_workers`: False for a model kept on a CPU."""
+    workers, intra_op = prediction_workers(setting, cuda=cuda)
     return None if intra_op is None else ComputePool(workers, intra_op)

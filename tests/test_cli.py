@@ -358,6 +358,7 @@ def test_bench_image_json_rows_have_the_plans_tiles_and_times(scaled_checkpoint,
     assert main([*args, "--sizes", "100x60,300x200", "--repeat", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = report["rows"]
+    assert report["workers"] >= 1  # the app's compute threads by default on a CPU
     assert [(r["width"], r["height"]) for r in rows] == [(100, 60), (300, 200)]
     assert report["views"] == ["identity"]
     for r in rows:
@@ -369,14 +370,30 @@ def test_bench_image_json_rows_have_the_plans_tiles_and_times(scaled_checkpoint,
         assert r["peak_gpu_mib"] is None
 
 
+def test_bench_image_on_the_calling_thread_or_a_pool_cuts_the_same_tiles(  # type: ignore[no-untyped-def]
+    scaled_checkpoint, capsys
+) -> None:
+    args = ["bench-image", "--checkpoint", str(scaled_checkpoint), "--device", "cpu"]
+    reports = {}
+    for workers in (0, 3):
+        capsys.readouterr()
+        assert main([*args, "--sizes", "300x200", "--workers", str(workers), "--json"]) == 0
+        reports[workers] = json.loads(capsys.readouterr().out)
+    assert reports[0]["workers"] == 0 and reports[3]["workers"] == 3
+    assert reports[0]["rows"][0]["tiles"] == reports[3]["rows"][0]["tiles"] == _tiles(300, 200)
+    assert main([*args, "--workers", "-1"]) == 2
+    assert "--workers" in _error_line(capsys)
+
+
 def test_bench_image_table_for_image_files(scaled_checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "wide.png"
     Image.fromarray(np.full((70, 130, 3), 128, np.uint8)).save(path)
     capsys.readouterr()
     assert main(["bench-image", str(path), "--checkpoint", str(scaled_checkpoint)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and "enc ms/tile" in lines[0] and "total s" in lines[0]
-    fields = lines[1].split()
+    assert len(lines) == 3 and lines[0].startswith("compute threads:")
+    assert "enc ms/tile" in lines[1] and "total s" in lines[1]
+    fields = lines[2].split()
     assert fields[0] == "…" + str(path)[-19:] and fields[1] == "130x70"
     assert int(fields[4]) == _tiles(130, 70)
 

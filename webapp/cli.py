@@ -250,6 +250,12 @@ def _add_bench_image(sub: argparse._SubParsersAction) -> None:
         help="WIDTHxHEIGHT list of synthetic images, when no images are given",
     )
     p.add_argument("--repeat", type=int, default=1, help="measured predictions per image")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="compute threads the tiles are spread over, as the app does on a CPU "
+        "(default: the app's, one per core; 0: the calling thread alone)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=cmd_bench_image)
 
@@ -696,6 +702,7 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
     """One row per image, printed as it is measured: tiles, encoder and head ms per tile,
     stitching, total seconds and memory; `--json` prints one object at the end."""
     from model.checkpoint import load_bundle
+    from model.cpu_threads import cpu_compute_pool
     from model.images import read_image
     from model.inference import resolve_device
     from webapp.image_benchmark import (
@@ -709,6 +716,8 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     sizes = parse_sizes(args.sizes)  # a bad --sizes fails before the model loads
     bundle = load_bundle(
         args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
@@ -718,15 +727,24 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
         images = [(str(path), read_image(path)) for path in args.images]
     else:
         images = synthetic_images(sizes)
+    on_cpu = bundle.device.type == "cpu"
+    pool = cpu_compute_pool(args.workers, cuda=False) if on_cpu and args.workers != 0 else None
+    workers = pool.threads if pool is not None else 0
     rows = []
     if not args.json:
+        print(f"compute threads: {workers or 'the calling thread alone'}", flush=True)
         print(table_header(), flush=True)
-    for row in iter_benchmark(bundle, images, views=views, repeat=args.repeat):
-        rows.append(row.as_dict())
-        if not args.json:
-            print(table_line(row), flush=True)
+    try:
+        for row in iter_benchmark(bundle, images, views=views, repeat=args.repeat, pool=pool):
+            rows.append(row.as_dict())
+            if not args.json:
+                print(table_line(row), flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "views": views, "rows": rows}))
+        report = {"checkpoint": str(args.checkpoint), "views": views, "workers": workers}
+        print(json.dumps(report | {"rows": rows}))
     return 0
 
 

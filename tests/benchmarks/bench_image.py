@@ -104,7 +104,7 @@ def main() -> None:
     )
     # The app's way on a CPU: tile batches spread over a pool of single-threaded compute
     # threads (`model.cpu_threads`), stage times summed over them.
-    pool = cpu_compute_pool(None) if device.type == "cpu" else None
+    pool = cpu_compute_pool(None, cuda=False) if device.type == "cpu" else None
     pooled = (
         iter_benchmark(
             bundle,
