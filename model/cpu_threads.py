@@ -17,6 +17,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import TypeVar
 
 import torch
@@ -42,8 +43,9 @@ def prediction_workers(setting: int | None, *, cuda: bool | None = None) -> tupl
     this machine has a CUDA device."""
     if torch.cuda.is_available() if cuda is None else cuda:
         return setting or 1, None
-    workers = setting or min(cpu_cores(), MAX_AUTO_WORKERS)
-    return workers, max(1, cpu_cores() // workers)
+    cores = cpu_cores()
+    workers = setting or min(cores, MAX_AUTO_WORKERS)
+    return workers, max(1, cores // workers)
 
 
 def pin_intra_op_threads(count: int) -> None:
@@ -72,17 +74,13 @@ class ComputePool:
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """`fn` over `items` in the pool, results in order, at most `threads` computed
         ahead of the one the caller reads (a large image's tiles are not all held)."""
-        pending: deque[Future[R]] = deque()
         source = iter(items)
-        for item in source:
-            pending.append(self._executor.submit(fn, item))
-            if len(pending) >= self.threads:
-                break
+        pending: deque[Future[R]] = deque(
+            self._executor.submit(fn, item) for item in islice(source, self.threads)
+        )
         while pending:
             result = pending.popleft().result()
-            for item in source:
-                pending.append(self._executor.submit(fn, item))
-                break
+            pending.extend(self._executor.submit(fn, item) for item in islice(source, 1))
             yield result
 
     def shutdown(self) -> None:
