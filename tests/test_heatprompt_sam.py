@@ -75,7 +75,7 @@ def test_checkpoint_without_fusion_scale_loads_its_heatmap(tiny_encoder, tmp_pat
     frozen = _frozen(tiny_encoder, 1)
     with torch.no_grad():
         expected = old.heads.eval()(frozen).heatmap_logits
-        assert torch.equal(loaded.heads(frozen).heatmap_logits, expected)
+        assert torch.allclose(loaded.heads(frozen).heatmap_logits, expected, atol=1e-6)
 
 
 def test_checkpoint_with_unknown_head_settings_is_refused(tiny_encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -165,3 +165,39 @@ def test_texture_contrast_standardises_each_channel_by_its_own_image() -> None:
     expected = ((flat - mean) / (std + 1e-5)).view_as(feat)
     assert torch.allclose(out.double(), expected, atol=1e-5)
     assert texture_contrast(feat.bfloat16()).dtype == torch.bfloat16
+
+
+def test_texture_contrast_gradient_matches_the_std_formula() -> None:
+    gen = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 3, 6, 5, generator=gen) * 2.0 + 1.0
+    weights = torch.randn(2, 3, 6, 5, generator=gen)
+    ours = feat.clone().requires_grad_()
+    (texture_contrast(ours) * weights).sum().backward()
+    ref = feat.clone().requires_grad_()
+    mean, std = ref.mean((-2, -1), keepdim=True), ref.std((-2, -1), keepdim=True)
+    (((ref - mean) / (std + 1e-5)) * weights).sum().backward()
+    assert ours.grad is not None and ref.grad is not None
+    assert torch.allclose(ours.grad, ref.grad, atol=1e-4)
+
+
+def test_heads_loaded_on_a_cpu_run_channels_last_with_the_same_outputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from model.encoders import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("effnet_lite0", input_size=64)
+    bundle = new_bundle(enc, label_sigma=2.0)
+    for p in bundle.heads.full_res.parameters():  # not the identity it starts as
+        torch.nn.init.normal_(p, std=0.2)
+    saved = save_checkpoint(tmp_path / "v1.pt", bundle)
+    loaded = load_bundle(saved, encoder=enc)
+    kernels = [p for p in loaded.heads.parameters() if p.dim() == 4]
+    assert all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+    assert any(not k.is_contiguous() for k in kernels)
+    frozen = enc.encode(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8))
+    with torch.inference_mode():
+        want, got = bundle.heads.eval()(frozen), loaded.heads(frozen)
+    assert torch.allclose(got.mask_logits, want.mask_logits, atol=1e-4)
+    assert torch.allclose(got.heatmap_logits, want.heatmap_logits, atol=1e-5)
+    resaved = load_bundle(save_checkpoint(tmp_path / "v2.pt", loaded), encoder=enc)
+    for name, tensor in resaved.heads.trainable_state_dict().items():
+        assert torch.equal(tensor, bundle.heads.trainable_state_dict()[name]), name
