@@ -74,11 +74,14 @@ def test_evaluation_reports_every_metric_with_the_ablation(synth_dir, tmp_path) 
 def test_reloaded_checkpoint_predicts_the_same(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bundle, result, val = _tiny_run(synth_dir, tmp_path / "m.pt", epochs=1)
     enc = bundle.encoder  # the random tiny encoder is shared, as the app shares encoders
+    # Reloaded heads on a CPU are channels-last: the same maths, another summation order.
     reloaded = load_bundle(result.checkpoint, encoder=enc)
     image = val[0].image
     p1, p2 = Predictor(bundle).predict(image), Predictor(reloaded).predict(image)
     assert np.allclose(p1.heatmap, p2.heatmap, atol=1e-5)
-    assert (p1.mask == p2.mask).all() and p1.defect_score == pytest.approx(p2.defect_score)
+    assert (p1.mask == p2.mask).all() and p1.defect_score == pytest.approx(
+        p2.defect_score, rel=1e-4
+    )
 
 
 def test_prediction_applies_the_calibrated_area_gate(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
