@@ -92,3 +92,19 @@ def cpu_compute_pool(setting: int | None, *, cuda: bool | None = None) -> Comput
     keeps it busy). `cuda` as for `prediction_workers`: False for a model kept on a CPU."""
     workers, intra_op = prediction_workers(setting, cuda=cuda)
     return None if intra_op is None else ComputePool(workers, intra_op)
+
+
+def check_workers(workers: int | None) -> None:
+    """ValueError for a negative compute-thread count (checked before a model loads)."""
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {workers}")
+
+
+def pool_for_device(device: torch.device, workers: int | None) -> ComputePool | None:
+    """The compute pool a command-line run uses for a model on `device`: `workers` threads
+    (None: the `prediction_workers` default; 0: none, the calling thread alone); never one
+    for a GPU. ValueError for a negative count."""
+    check_workers(workers)
+    if device.type != "cpu" or workers == 0:
+        return None
+    return cpu_compute_pool(workers, cuda=False)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from model.augment import TRANSFORMS
 from model.checkpoint import load_bundle
+from model.cpu_threads import check_workers, pool_for_device
 from model.dataset import check_val_fraction, discover, image_shapes, load_samples
 from model.distributed import init_from_environment
 from model.encoders import build_encoder
@@ -114,20 +115,32 @@ def predict_to_folder(
     *,
     sam_checkpoint: Path | None = None,
     device: str = "auto",
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """For each image write `<stem>_heatmap.png` (colour), `<stem>_heatmap.npy` (raw),
     `<stem>_mask.png`, `<stem>_overlay.png`, and `predictions.json` for all of them.
 
     Every image is read before anything is written, and files are first written to a
-    temporary folder, so a bad input leaves `out` untouched.
+    temporary folder, so a bad input leaves `out` untouched. On a CPU, tile batches run
+    on `workers` compute threads (`pool_for_device`), as in the app.
     """
-    bundle = load_bundle(checkpoint, sam_checkpoint=sam_checkpoint, device=resolve_device(device))
-    arrays = [read_image(p) for p in images]
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         raise ValueError("two input images share a file name; outputs would overwrite each other")
-    predictor = Predictor(bundle)
-    out = Path(out)
+    check_workers(workers)  # before the model loads
+    bundle = load_bundle(checkpoint, sam_checkpoint=sam_checkpoint, device=resolve_device(device))
+    arrays = [read_image(p) for p in images]
+    pool = pool_for_device(bundle.device, workers)
+    try:
+        return _write_predictions(Predictor(bundle, pool=pool), images, arrays, Path(out))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _write_predictions(
+    predictor: Predictor, images: Sequence[Path], arrays: Sequence[np.ndarray], out: Path
+) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".partial-") as tmp_name:

@@ -82,6 +82,28 @@ def test_predict_writes_every_output(trained, tmp_path: Path) -> None:  # type: 
     assert set(np.unique(mask)) <= {0, 255}
 
 
+def test_predict_on_compute_threads_writes_what_the_calling_thread_does(  # type: ignore[no-untyped-def]
+    trained, tmp_path: Path, capsys
+) -> None:
+    data, ckpt = trained
+    images = [str(p) for p in sorted((data / "test").glob("*/*.png"))[:3]]
+    for workers in ("0", "2"):
+        out = tmp_path / f"pred-{workers}"
+        args = ["predict", "--checkpoint", str(ckpt), "--out", str(out), "--workers", workers]
+        assert main([*args, *images]) == 0
+    for image in images:
+        stem = Path(image).stem
+        alone = np.load(tmp_path / "pred-0" / f"{stem}_heatmap.npy")
+        pooled = np.load(tmp_path / "pred-2" / f"{stem}_heatmap.npy")
+        np.testing.assert_allclose(pooled, alone, atol=1e-5)
+    capsys.readouterr()
+    bad = tmp_path / "pred-bad"
+    args = ["predict", "--checkpoint", str(ckpt), "--out", str(bad), "--workers", "-1"]
+    assert main([*args, images[0]]) == 2
+    assert "--workers must be 0 or more" in _error_line(capsys)
+    assert not bad.exists()
+
+
 def _error_line(capsys) -> str:  # type: ignore[no-untyped-def]
     """The error line: exactly one, and the last thing on stderr (after any progress bar)."""
     err = capsys.readouterr().err.strip().splitlines()

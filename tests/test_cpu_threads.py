@@ -14,6 +14,7 @@ from model.cpu_threads import (
     cpu_compute_pool,
     cpu_cores,
     pin_intra_op_threads,
+    pool_for_device,
     prediction_workers,
 )
 from webapp.settings import Settings
@@ -107,3 +108,17 @@ def test_a_gpu_gets_no_compute_pool() -> None:
     finally:
         if pool is not None:
             pool.shutdown()
+
+
+def test_command_line_pools_follow_the_device_and_the_count() -> None:
+    pool = pool_for_device(torch.device("cpu"), 3)
+    assert pool is not None
+    try:
+        assert pool.threads == 3
+        assert list(pool.map(lambda x: x * 2, range(5))) == [0, 2, 4, 6, 8]
+    finally:
+        pool.shutdown()
+    assert pool_for_device(torch.device("cpu"), 0) is None  # the calling thread alone
+    assert pool_for_device(torch.device("cuda"), 3) is None  # a GPU takes one batch at a time
+    with pytest.raises(ValueError, match="--workers must be 0 or more"):
+        pool_for_device(torch.device("cpu"), -1)

@@ -111,6 +111,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sam-checkpoint", type=Path)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="compute threads on a CPU, tile batches side by side (default: one per core, "
+        "at most 4; 0: the calling thread alone)",
+    )
     p.add_argument("images", type=Path, nargs="+")
     p.set_defaults(func=cmd_predict)
 
@@ -389,6 +395,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.out,
         sam_checkpoint=args.sam_checkpoint,
         device=args.device,
+        workers=args.workers,
     )
     for row in written:
         print(
@@ -702,7 +709,7 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
     """One row per image, printed as it is measured: tiles, encoder and head ms per tile,
     stitching, total seconds and memory; `--json` prints one object at the end."""
     from model.checkpoint import load_bundle
-    from model.cpu_threads import cpu_compute_pool
+    from model.cpu_threads import check_workers, pool_for_device
     from model.images import read_image
     from model.inference import resolve_device
     from webapp.image_benchmark import (
@@ -716,8 +723,7 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
-    if args.workers is not None and args.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
+    check_workers(args.workers)  # before minutes of model loading
     sizes = parse_sizes(args.sizes)  # a bad --sizes fails before the model loads
     bundle = load_bundle(
         args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
@@ -727,8 +733,7 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
         images = [(str(path), read_image(path)) for path in args.images]
     else:
         images = synthetic_images(sizes)
-    on_cpu = bundle.device.type == "cpu"
-    pool = cpu_compute_pool(args.workers, cuda=False) if on_cpu and args.workers != 0 else None
+    pool = pool_for_device(bundle.device, args.workers)
     workers = pool.threads if pool is not None else 0
     rows = []
     if not args.json:
