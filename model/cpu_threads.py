@@ -17,6 +17,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import islice
 from typing import TypeVar
 
@@ -100,11 +101,15 @@ def check_workers(workers: int | None) -> None:
         raise ValueError(f"--workers must be 0 or more, got {workers}")
 
 
-def pool_for_device(device: torch.device, workers: int | None) -> ComputePool | None:
-    """The compute pool a command-line run uses for a model on `device`: `workers` threads
-    (None: the `prediction_workers` default; 0: none, the calling thread alone); never one
-    for a GPU. ValueError for a negative count."""
+@contextmanager
+def pool_for_device(device: torch.device, workers: int | None) -> Iterator[ComputePool | None]:
+    """The compute pool a command-line run uses for a model on `device`, shut down on
+    leaving: `workers` threads (None: the `prediction_workers` default; 0: none, the calling
+    thread alone); never one for a GPU. ValueError for a negative count."""
     check_workers(workers)
-    if device.type != "cpu" or workers == 0:
-        return None
-    return cpu_compute_pool(workers, cuda=False)
+    pool = None if device.type != "cpu" or workers == 0 else cpu_compute_pool(workers, cuda=False)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.shutdown()

@@ -130,12 +130,8 @@ def predict_to_folder(
     check_workers(workers)  # before the model loads
     bundle = load_bundle(checkpoint, sam_checkpoint=sam_checkpoint, device=resolve_device(device))
     arrays = [read_image(p) for p in images]
-    pool = pool_for_device(bundle.device, workers)
-    try:
+    with pool_for_device(bundle.device, workers) as pool:
         return _write_predictions(Predictor(bundle, pool=pool), images, arrays, Path(out))
-    finally:
-        if pool is not None:
-            pool.shutdown()
 
 
 def _write_predictions(

@@ -111,14 +111,18 @@ def test_a_gpu_gets_no_compute_pool() -> None:
 
 
 def test_command_line_pools_follow_the_device_and_the_count() -> None:
-    pool = pool_for_device(torch.device("cpu"), 3)
-    assert pool is not None
-    try:
+    with pool_for_device(torch.device("cpu"), 3) as pool:
+        assert pool is not None
         assert pool.threads == 3
         assert list(pool.map(lambda x: x * 2, range(5))) == [0, 2, 4, 6, 8]
-    finally:
-        pool.shutdown()
-    assert pool_for_device(torch.device("cpu"), 0) is None  # the calling thread alone
-    assert pool_for_device(torch.device("cuda"), 3) is None  # a GPU takes one batch at a time
-    with pytest.raises(ValueError, match="--workers must be 0 or more"):
-        pool_for_device(torch.device("cpu"), -1)
+    with pytest.raises(RuntimeError, match="shutdown"):  # shut down on leaving
+        next(pool.map(lambda x: x, range(1)))
+    with pool_for_device(torch.device("cpu"), 0) as none:
+        assert none is None  # the calling thread alone
+    with pool_for_device(torch.device("cuda"), 3) as none:
+        assert none is None  # a GPU takes one batch at a time
+    with (
+        pytest.raises(ValueError, match="--workers must be 0 or more"),
+        pool_for_device(torch.device("cpu"), -1),
+    ):
+        pass

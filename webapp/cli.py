@@ -733,20 +733,16 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
         images = [(str(path), read_image(path)) for path in args.images]
     else:
         images = synthetic_images(sizes)
-    pool = pool_for_device(bundle.device, args.workers)
-    workers = pool.threads if pool is not None else 0
     rows = []
-    if not args.json:
-        print(f"compute threads: {workers or 'the calling thread alone'}", flush=True)
-        print(table_header(), flush=True)
-    try:
+    with pool_for_device(bundle.device, args.workers) as pool:
+        workers = pool.threads if pool is not None else 0
+        if not args.json:
+            print(f"compute threads: {workers or 'the calling thread alone'}", flush=True)
+            print(table_header(), flush=True)
         for row in iter_benchmark(bundle, images, views=views, repeat=args.repeat, pool=pool):
             rows.append(row.as_dict())
             if not args.json:
                 print(table_line(row), flush=True)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     if args.json:
         report = {"checkpoint": str(args.checkpoint), "views": views, "workers": workers}
         print(json.dumps(report | {"rows": rows}))

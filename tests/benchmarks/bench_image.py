@@ -27,7 +27,7 @@ import torch
 
 from model.augment import TRANSFORMS
 from model.checkpoint import ModelBundle, load_bundle, save_checkpoint
-from model.cpu_threads import cpu_compute_pool
+from model.cpu_threads import pool_for_device
 from model.encoders import build_encoder
 from model.inference import resolve_device
 from model.training_task import fresh_bundle
@@ -104,35 +104,31 @@ def main() -> None:
     )
     # The app's way on a CPU: tile batches spread over a pool of single-threaded compute
     # threads (`model.cpu_threads`), stage times summed over them.
-    pool = cpu_compute_pool(None, cuda=False) if device.type == "cpu" else None
-    pooled = (
-        iter_benchmark(
-            bundle,
-            synthetic_images(DEFAULT_SIZES),
-            views=all_views[:1],
-            repeat=args.repeat,
-            warmup=False,
-            pool=pool,
+    with pool_for_device(device, None) as pool:
+        pooled = (
+            iter_benchmark(
+                bundle,
+                synthetic_images(DEFAULT_SIZES),
+                views=all_views[:1],
+                repeat=args.repeat,
+                warmup=False,
+                pool=pool,
+            )
+            if pool is not None
+            else iter([])
         )
-        if pool is not None
-        else iter([])
-    )
-    pool_label = f"pool of {pool.threads} compute threads; " if pool is not None else ""
-    streams = (
-        (one_view, ""),
-        (every_view, ""),
-        (thin_overlap, f"overlap {TILE // 8} px; "),
-        (pooled, pool_label),
-    )
-    try:
+        pool_label = f"pool of {pool.threads} compute threads; " if pool is not None else ""
+        streams = (
+            (one_view, ""),
+            (every_view, ""),
+            (thin_overlap, f"overlap {TILE // 8} px; "),
+            (pooled, pool_label),
+        )
         for stream, label in streams:
             for row in stream:
                 rows.append(row)
                 if not args.json:
                     print(table_line(row, note=label + target_note(row)), flush=True)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     if args.json:
         print(
             json.dumps(
