@@ -62,6 +62,12 @@ class TrainConfig:
 
     epochs: int = 40
     max_minutes: float | None = None
+    # The learning rate follows the time budget as well as the steps, so a run bound by its
+    # minutes decays in time. False: the steps alone (a run whose work is its epochs, the
+    # minutes only a bound); a run slowed by other work on its cores then learns exactly
+    # as one that was not, where a schedule in seconds would have warmed up and decayed in
+    # fewer steps.
+    lr_by_time: bool = True
     batch_size: int = 4
     lr: float = DEFAULT_LR
     weight_decay: float = 1e-4
@@ -284,7 +290,7 @@ def train(
 
     def lr_at(step: int) -> float:
         done = step / total_steps
-        if loop_budget:
+        if loop_budget and config.lr_by_time:
             done = max(done, (time.monotonic() - start) / loop_budget)
         if done < config.warmup_fraction:
             return config.lr * max(done / config.warmup_fraction, 0.02)

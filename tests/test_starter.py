@@ -16,6 +16,9 @@ from model.dataset import GOOD
 from model.encoders import FrozenEncoder
 from model.starter import (
     PROGRESS_STALE_S,
+    STARTER_EPOCHS,
+    STARTER_IMAGES,
+    STARTER_MINUTES,
     adopt,
     progress_path,
     starter_path,
@@ -30,6 +33,9 @@ from storage.migrate import upgrade
 from storage.repository import Repository
 from storage.schema import RunStatus
 from webapp.retraining import RetrainConfig, run_retraining
+from webapp.scheduler import STARTER_NICENESS
+from webapp.settings import Settings
+from webapp.ui.common import starter_words
 
 SIZE = 64
 
@@ -49,6 +55,8 @@ def test_bad_starter_budgets_are_refused(tiny_encoder: FrozenEncoder, tmp_path: 
         train_starter(tiny_encoder, tmp_path / "s.pt", images=3)
     with pytest.raises(ValueError, match="positive time budget"):
         train_starter(tiny_encoder, tmp_path / "s.pt", images=10, minutes=0)
+    with pytest.raises(ValueError, match="at least one epoch"):
+        train_starter(tiny_encoder, tmp_path / "s.pt", images=10, epochs=0)
     assert not list(tmp_path.iterdir())
 
 
@@ -58,16 +66,23 @@ def test_a_starter_in_training_says_how_far_it_is(
     out = starter_path(tmp_path, tiny_encoder)
     assert starter_progress(tmp_path) is None
     seen: list[dict | None] = []  # type: ignore[type-arg]
-    train_starter(
+    result = train_starter(
         tiny_encoder,
         out,
         images=12,
-        minutes=0.02,
+        epochs=3,
+        minutes=30,
         on_epoch=lambda record: seen.append(starter_progress(tmp_path)),
     )
-    assert seen and all(p is not None and p["state"] == "training" for p in seen)
-    assert [p["epoch"] for p in seen] == list(range(1, len(seen) + 1))  # type: ignore[index]
-    assert seen[0]["images"] == 12 and seen[0]["minutes"] == 0.02  # type: ignore[index]
+    # Its work is its epochs, all of them (no early stop), the minutes only a bound.
+    assert (result.epochs_run, result.stopped_by) == (3, "epochs")
+    assert all(p is not None and p["state"] == "training" for p in seen)
+    assert [p["epoch"] for p in seen] == [1, 2, 3]  # type: ignore[index]
+    assert seen[0]["epochs"] == 3 and seen[0]["images"] == 12  # type: ignore[index]
+    assert seen[0]["minutes"] == 30  # type: ignore[index]
+    assert starter_words(seen[1]).startswith(  # type: ignore[arg-type]
+        "Preparing the **starter heads** the first model starts from: epoch 2 of 3, "
+    )
     assert not progress_path(out).exists()
     assert starter_progress(tmp_path) == {"state": "ready"}
     # A progress file no one has written for long is a dead run's, not news.
@@ -77,6 +92,23 @@ def test_a_starter_in_training_says_how_far_it_is(
     old = progress_path(out).stat().st_mtime - PROGRESS_STALE_S - 1
     os.utime(progress_path(out), (old, old))
     assert starter_progress(tmp_path) is None
+
+
+def test_a_starter_ends_at_its_time_bound_before_its_epochs(
+    tiny_encoder: FrozenEncoder, tmp_path: Path
+) -> None:
+    result = train_starter(tiny_encoder, tmp_path / "s.pt", images=12, epochs=10_000, minutes=0.02)
+    assert result.stopped_by == "time" and result.epochs_run < 10_000
+    assert (tmp_path / "s.pt").exists()
+
+
+def test_the_settings_default_to_the_starters_own_budget() -> None:
+    training = Settings().training
+    assert (training.starter_epochs, training.starter_minutes) == (
+        STARTER_EPOCHS,
+        STARTER_MINUTES,
+    )
+    assert training.starter_images == STARTER_IMAGES
 
 
 def test_a_starter_is_untyped_and_adopted_at_the_lines_scale(
@@ -213,6 +245,14 @@ def test_a_new_line_prepares_the_starter_while_its_first_labels_are_given(
     try:
         services = app.services
         assert services.trainer is not None and services.trainer.busy  # before any label
+        # It yields the cores to the app's own work (anomaly maps) while nobody waits for it.
+        starter_pid = services.trainer._process.pid  # type: ignore[union-attr]
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        wait_for(
+            lambda: os.getpriority(os.PRIO_PROCESS, starter_pid) == own + STARTER_NICENESS,
+            "the starter's process to lower its priority",
+            timeout=60,
+        )
         wait_for(
             lambda: (services.health()["starter"] or {}).get("state") == "ready",
             "the starter heads to be ready",

@@ -52,6 +52,44 @@ def test_training_is_deterministic_and_writes_a_complete_checkpoint(synth_dir, t
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+class _BusyClock:
+    """`time` for `model.train` on a machine so busy that 200 s pass between two looks."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 200.0
+        return self.now
+
+
+def _budget_run(synth_dir: Path, out: Path, *, lr_by_time: bool) -> list[float]:
+    """Epoch losses of a 3-epoch run under a budget far beyond its need (1000 minutes)."""
+    train_s, val_s = split(discover(synth_dir), val_fraction=0.25, seed=0)
+    seed_everything(0)
+    bundle = new_bundle(build_encoder("sam_tiny", input_size=64), label_sigma=2.0)
+    tr, va = load_samples(train_s, 64), load_samples(val_s, 64)
+    config = TrainConfig(
+        epochs=3, batch_size=4, seed=0, max_minutes=1000, patience=3, lr_by_time=lr_by_time
+    )
+    result = train(bundle, tr, va, config, out=out, cache=FeatureCache(None), progress=False)
+    assert (result.epochs_run, result.stopped_by) == (3, "epochs")
+    return [h["loss"] for h in result.history]
+
+
+def test_a_schedule_in_steps_learns_the_same_on_a_busy_machine(  # type: ignore[no-untyped-def]
+    synth_dir, tmp_path, monkeypatch
+) -> None:
+    calm = _budget_run(synth_dir, tmp_path / "calm.pt", lr_by_time=False)
+    calm_in_time = _budget_run(synth_dir, tmp_path / "calm-t.pt", lr_by_time=True)
+    monkeypatch.setattr("model.train.time", _BusyClock())
+    busy = _budget_run(synth_dir, tmp_path / "busy.pt", lr_by_time=False)
+    busy_in_time = _budget_run(synth_dir, tmp_path / "busy-t.pt", lr_by_time=True)
+    assert busy == calm
+    # In seconds, the busy clock warms up and decays in fewer steps: another run.
+    assert busy_in_time != calm_in_time
+
+
 def test_training_encodes_each_image_in_at_most_its_fixed_views(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train_s, val_s = split(discover(synth_dir), val_fraction=0.25, seed=0)
     bundle = new_bundle(build_encoder("sam_tiny", input_size=64), label_sigma=2.0)

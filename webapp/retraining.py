@@ -179,18 +179,23 @@ def _starter(
     if not path.exists():
         note(
             f"training the starter heads on {config.starter_images} built-in synthetic "
-            f"surfaces for up to {minutes:g} minutes (once for this encoder)"
+            f"surfaces for {config.starter_epochs} epochs, at most {minutes:g} minutes "
+            "(once for this encoder)"
         )
 
         def on_epoch(record: dict[str, float]) -> None:
             check_cancelled()
-            note(f"starter epoch {int(record['epoch'])}: loss {record['loss']:.4f}")
+            note(
+                f"starter epoch {int(record['epoch'])} of {config.starter_epochs}: "
+                f"loss {record['loss']:.4f}"
+            )
 
         models_dir.mkdir(parents=True, exist_ok=True)
         train_starter(
             encoder,
             path,
             images=config.starter_images,
+            epochs=config.starter_epochs,
             minutes=minutes,
             seed=config.seed,
             cache=training_cache(

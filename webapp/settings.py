@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 RENAMED = {"retrain_epochs": "epochs", "retrain_max_minutes": "max_minutes"}
 
 
-STARTER_KNOBS = ("first_model_start", "starter_minutes", "starter_images")
+STARTER_KNOBS = ("first_model_start", "starter_epochs", "starter_minutes", "starter_images")
 
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -52,10 +52,13 @@ class TrainingSettings:
     # The defect-type head's kind: "pixel" (a class map; the default) or "region".
     type_head: Literal["pixel", "region"] | None = None
     # What a line's first model starts from: "starter" heads trained once on the built-in
-    # synthetic surfaces (`model.starter`; `starter_images` of them for up to
-    # `starter_minutes`, kept beside the models), or fresh "scratch" heads.
+    # synthetic surfaces (`model.starter`; `starter_images` of them for `starter_epochs`,
+    # or `starter_minutes` if that ends first; kept beside the models), or fresh "scratch"
+    # heads.
     first_model_start: Literal["starter", "scratch"] = "starter"
-    starter_minutes: float = Field(default=4.0, gt=0)
+    # model.starter's STARTER_EPOCHS and STARTER_MINUTES (not imported: that loads torch).
+    starter_epochs: int = Field(default=12, ge=1)
+    starter_minutes: float = Field(default=15.0, gt=0)
     starter_images: int = Field(default=400, ge=10)
 
     def __post_init__(self) -> None:

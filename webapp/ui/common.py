@@ -44,8 +44,8 @@ def starter_words(starter: dict) -> str:  # type: ignore[type-arg]
         return "The first model will start from the **starter heads** (ready)."
     return (
         f"Preparing the **starter heads** the first model starts from: epoch "
-        f"{starter['epoch']}, {starter['elapsed_s'] / 60:.1f} of {starter['minutes']:g} min "
-        f"on {starter['images']} built-in synthetic surfaces."
+        f"{starter['epoch']} of {starter['epochs']}, {starter['elapsed_s'] / 60:.1f} min so far "
+        f"(at most {starter['minutes']:g}) on {starter['images']} built-in synthetic surfaces."
     )
 
 
