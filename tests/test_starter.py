@@ -33,7 +33,7 @@ from storage.migrate import upgrade
 from storage.repository import Repository
 from storage.schema import RunStatus
 from webapp.retraining import RetrainConfig, run_retraining
-from webapp.scheduler import STARTER_NICENESS
+from webapp.scheduler import STARTER_NICENESS, process_config
 from webapp.settings import Settings
 from webapp.ui.common import starter_words
 
@@ -109,6 +109,15 @@ def test_the_settings_default_to_the_starters_own_budget() -> None:
         STARTER_MINUTES,
     )
     assert training.starter_images == STARTER_IMAGES
+
+
+def test_the_starters_process_takes_every_core_and_a_run_leaves_the_app_one() -> None:
+    cores = os.cpu_count() or 2
+    config = RetrainConfig()
+    assert process_config(config, yields=True).threads == cores
+    assert process_config(config, yields=False).threads == max(1, cores - 1)
+    mine = RetrainConfig(threads=3)
+    assert process_config(mine, yields=True) == mine == process_config(mine, yields=False)
 
 
 def test_a_starter_is_untyped_and_adopted_at_the_lines_scale(

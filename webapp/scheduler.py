@@ -68,6 +68,16 @@ def training_process_main(
     )
 
 
+def process_config(config: RetrainConfig, *, yields: bool) -> RetrainConfig:
+    """`config` for a training process: unless its threads are set, a run leaves the web
+    process a core; a process that `yields` (runs at a lower priority, as the starter's)
+    takes every core, since the app's own work comes first on them anyway."""
+    if config.threads is not None:
+        return config
+    cores = os.cpu_count() or 2
+    return replace(config, threads=cores if yields else max(1, cores - 1))
+
+
 def starter_process_main(settings_data: dict[str, Any], config: RetrainConfig) -> None:
     """Entry point of the spawned process that prepares the starter heads."""
     from webapp.retraining import prepare_starter
@@ -136,7 +146,7 @@ class RetrainScheduler:
             self._process = self._spawn(
                 starter_process_main,
                 "starter",
-                (self.services.settings.model_dump(), self._process_config()),
+                (self.services.settings.model_dump(), process_config(self.config, yields=True)),
             )
             threading.Thread(target=self._watch, args=(self._process, None), daemon=True).start()
             log.info("preparing the starter heads, pid %s", self._process.pid)
@@ -177,11 +187,6 @@ class RetrainScheduler:
                 self._launch(run_id)
             return run_id
 
-    def _process_config(self) -> RetrainConfig:
-        if self.config.threads is None:  # leave the web process a core
-            return replace(self.config, threads=max(1, (os.cpu_count() or 2) - 1))
-        return self.config
-
     @staticmethod
     def _spawn(
         target: Any, name: str, args: tuple[Any, ...]
@@ -197,7 +202,11 @@ class RetrainScheduler:
         self._process = self._spawn(
             training_process_main,
             f"train-{run_id}",
-            (self.services.settings.model_dump(), run_id, self._process_config()),
+            (
+                self.services.settings.model_dump(),
+                run_id,
+                process_config(self.config, yields=False),
+            ),
         )
         threading.Thread(target=self._watch, args=(self._process, run_id), daemon=True).start()
         log.info("training run %s started, pid %s", run_id, self._process.pid)
