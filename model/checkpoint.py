@@ -98,6 +98,9 @@ class ModelBundle:
     heads: HeatPromptSAM
     meta: CheckpointMeta
     type_net: PixelTypeNet | None = None  # a pixel-kind type head's network
+    # Encoder and heads predict in reduced precision where the device has it natively
+    # (`model.precision`); a choice of the machine serving it, not stored in checkpoints.
+    mixed_precision: bool = True
 
     def to(self, device: torch.device | str) -> ModelBundle:
         self.encoder.to(device)

@@ -13,6 +13,7 @@ from model.augment import apply_transform
 from model.checkpoint import ModelBundle
 from model.encoders import EncoderOutput
 from model.feature_cache import CacheKey, FeatureCache
+from model.precision import reduced_precision
 from model.stage_times import StageTimes, measured
 
 
@@ -36,7 +37,8 @@ def encode_images(
     transforms: Sequence[str] | None = None,
     batch_size: int = 8,
 ) -> EncoderOutput:
-    """Frozen encoder outputs for uint8 (S, S, 3) images, from `cache` where possible.
+    """Frozen encoder outputs for uint8 (S, S, 3) images, from `cache` where possible;
+    computed in the bundle's precision (`ModelBundle.mixed_precision`), returned in float32.
 
     `images` must already be transformed as named by `transforms` (default identity).
     """
@@ -44,7 +46,8 @@ def encode_images(
 
     def compute(indices: list[int]) -> EncoderOutput:
         batch = torch.from_numpy(np.stack([images[i] for i in indices]))
-        return encoder.encode(batch)
+        with reduced_precision(encoder.device, bundle.mixed_precision):
+            return encoder.encode(batch)
 
     if cache is None or shas is None or any(s is None for s in shas):
         chunks = [
@@ -80,7 +83,8 @@ def run_heads(
 ) -> MapBatch:
     """Mask probabilities and heatmaps for a batch of frozen outputs."""
     bundle.heads.eval()
-    out = bundle.heads(frozen, use_prompt=use_prompt, points=points)
+    with reduced_precision(bundle.device, bundle.mixed_precision):
+        out = bundle.heads(frozen, use_prompt=use_prompt, points=points)
     size = bundle.encoder.input_size
     heat = F.interpolate(
         torch.sigmoid(out.heatmap_logits.float()),

@@ -116,19 +116,22 @@ def predict_to_folder(
     sam_checkpoint: Path | None = None,
     device: str = "auto",
     workers: int | None = None,
+    mixed_precision: bool = True,
 ) -> list[dict[str, Any]]:
     """For each image write `<stem>_heatmap.png` (colour), `<stem>_heatmap.npy` (raw),
     `<stem>_mask.png`, `<stem>_overlay.png`, and `predictions.json` for all of them.
 
     Every image is read before anything is written, and files are first written to a
     temporary folder, so a bad input leaves `out` untouched. On a CPU, tile batches run
-    on `workers` compute threads (`pool_for_device`), as in the app.
+    on `workers` compute threads (`pool_for_device`), as in the app, in the device's
+    reduced precision unless `mixed_precision` is False (`model.precision`).
     """
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         raise ValueError("two input images share a file name; outputs would overwrite each other")
     check_workers(workers)  # before the model loads
     bundle = load_bundle(checkpoint, sam_checkpoint=sam_checkpoint, device=resolve_device(device))
+    bundle.mixed_precision = mixed_precision
     arrays = [read_image(p) for p in images]
     with pool_for_device(bundle.device, workers) as pool:
         return _write_predictions(Predictor(bundle, pool=pool), images, arrays, Path(out))

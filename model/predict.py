@@ -24,6 +24,7 @@ from model.geometry import Geometry
 from model.hashing import sha256_bytes
 from model.images import resize_to
 from model.inference import defect_score, encode_images, run_heads, uncertainty
+from model.precision import precision_name
 from model.region_types import UNSPECIFIED, RegionType, label_regions, majority_codes
 from model.stage_times import StageTimes
 from model.tiled_prediction import ImageMaps, crop_key, predict_maps, tile_at
@@ -86,6 +87,11 @@ class Predictor:
     def active_views(self) -> tuple[str, ...]:
         """The test-time views predictions average: the override, or the model's own."""
         return self.views if self.views is not None else tuple(self.bundle.meta.test_time_views)
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the encoder and heads compute in (`model.precision`)."""
+        return precision_name(self.bundle.device, self.bundle.mixed_precision)
 
     @property
     def threshold(self) -> float:

@@ -77,6 +77,7 @@ def build_services(settings: Settings) -> Services:
         sam_checkpoint=settings.sam_checkpoint,
         views=settings.prediction_views,
         pool=cpu_compute_pool(settings.prediction_workers),
+        mixed_precision=settings.prediction_mixed_precision,
     )
     services = Services(settings=settings, repo=repo, accounts=Accounts(engine), models=models)
     if repo.registry.active_version() is None and settings.checkpoint is not None:

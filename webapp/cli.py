@@ -95,6 +95,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_float32(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="predict in float32 even where the device has a faster reduced precision "
+        "(bfloat16 on CPUs with native support, float16 on CUDA)",
+    )
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on every image of a dataset")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -102,6 +111,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sam-checkpoint", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_float32(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -117,6 +127,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="compute threads on a CPU, tile batches side by side (default: one per core, "
         "at most 4; 0: the calling thread alone)",
     )
+    _add_float32(p)
     p.add_argument("images", type=Path, nargs="+")
     p.set_defaults(func=cmd_predict)
 
@@ -262,6 +273,7 @@ def _add_bench_image(sub: argparse._SubParsersAction) -> None:
         help="compute threads the tiles are spread over, as the app does on a CPU "
         "(default: the app's, one per core; 0: the calling thread alone)",
     )
+    _add_float32(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(func=cmd_bench_image)
 
@@ -341,6 +353,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bundle = load_bundle(
         args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
     )
+    bundle.mixed_precision = not args.float32
     items = load_samples(discover(args.data), bundle.geometry, progress=not args.json)
     report = evaluate(bundle, items, progress=not args.json)
     if args.json:
@@ -396,6 +409,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sam_checkpoint=args.sam_checkpoint,
         device=args.device,
         workers=args.workers,
+        mixed_precision=not args.float32,
     )
     for row in written:
         print(
@@ -728,6 +742,7 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
     bundle = load_bundle(
         args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
     )
+    bundle.mixed_precision = not args.float32
     views = select_views(bundle, args.views)
     if args.images:  # all read first, so a bad file fails before minutes of timing
         images = [(str(path), read_image(path)) for path in args.images]

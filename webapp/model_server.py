@@ -70,8 +70,11 @@ class ModelServer:
         sam_checkpoint: Path | None = None,
         views: int | None = None,
         pool: ComputePool | None = None,
+        mixed_precision: bool = True,
     ) -> None:
-        """`pool`: the compute threads every served predictor runs its tile batches on."""
+        """`pool`: the compute threads every served predictor runs its tile batches on;
+        `mixed_precision` False serves in float32 even where the device has a faster
+        reduced precision (`model.precision`)."""
         if views is not None and views < 1:
             raise ValueError(f"views must be at least 1 (or None for all), got {views}")
         self._current: ServedModel | None = None
@@ -80,6 +83,7 @@ class ModelServer:
         self._sam_checkpoint = sam_checkpoint
         self._views = views
         self._pool = pool
+        self._mixed_precision = mixed_precision
 
     def close(self) -> None:
         """Stop the compute threads (after the last prediction)."""
@@ -137,6 +141,7 @@ class ModelServer:
                 self._cache_dir / bundle.meta.encoder_id if self._cache_dir else None,
                 max_memory_bytes=SERVED_CACHE_MEMORY_BYTES,
             )
+            bundle.mixed_precision = self._mixed_precision
             views = None if self._views is None else bundle.meta.test_time_views[: self._views]
             predictor = Predictor(bundle, cache=cache, views=views, pool=self._pool)
             smoke_test(predictor)

@@ -655,6 +655,7 @@ class Services:
             "tile": None if meta is None else meta.input_size,
             "pixel_scale": None if meta is None else scale_label(meta.pixel_scale),
             "test_time_views": None if served is None else len(served.predictor.active_views),
+            "precision": None if served is None else served.predictor.precision,
             "problem": problem,
             "normality_model": None if normality is None else normality.model_id,
             "normality_good_images": None if normality is None else normality.model.good_images,

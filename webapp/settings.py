@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     prediction_workers: int | None = Field(default=None, ge=1)
     # Test-time views served: None all the model's calibrated ones, N the first N (faster).
     prediction_views: int | None = Field(default=None, ge=1)
+    # Predict in bfloat16 on CPUs with native bfloat16 (float16 on CUDA): about 2x faster
+    # encoder passes, the same masks within rounding; False keeps float32.
+    prediction_mixed_precision: bool = True
     retrain_check_minutes: float = Field(default=10.0, gt=0)
     retrain_min_corrections: int = Field(default=20, ge=1)
     retrain_from_scratch: bool = False

@@ -5,7 +5,9 @@ does not depend on training; the six test-time views a trained checkpoint gets a
 training sets them), saves it to a temporary checkpoint and loads it back as
 `heatprompt bench-image` does, then measures synthetic images of 1024², 2048², 4096×1024
 and 4096² with one view, and 1024² with all six views, through the same functions
-(`webapp.image_benchmark`); then the one-view sizes again on the app's compute pool
+(`webapp.image_benchmark`), in the device's reduced precision as served (`model.precision`;
+2048² and 4096² again in float32, where the device has one); then the one-view sizes
+again on the app's compute pool
 (`model.cpu_threads`: tile batches over one single-threaded thread per core). The targets
 (2048² ≤ 3 s and 4096² ≤ 12 s with one view on a 2-core CPU) are printed beside the rows
 with whether they are met; nothing is asserted, since a loaded or larger machine says
@@ -26,10 +28,11 @@ from pathlib import Path
 import torch
 
 from model.augment import TRANSFORMS
-from model.checkpoint import ModelBundle, load_bundle, save_checkpoint
+from model.checkpoint import load_bundle, save_checkpoint
 from model.cpu_threads import pool_for_device
 from model.encoders import build_encoder
 from model.inference import resolve_device
+from model.precision import reduced_dtype
 from model.training_task import fresh_bundle
 from webapp.image_benchmark import (
     DEFAULT_SIZES,
@@ -72,11 +75,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="heatprompt-bench-image-") as tmp:
         bundle = load_bundle(bench_checkpoint(Path(tmp)), device=device)
     all_views = tuple(bundle.meta.test_time_views)
+    reduced = reduced_dtype(device)
     if not args.json:
+        arithmetic = "float32" if reduced is None else str(reduced).removeprefix("torch.")
         print(
-            f"bench-image: untrained effnet_lite0, {TILE} px tiles at scale 1.0, {device}, "
-            f"{torch.get_num_threads()} threads, {cores} cores (targets are for "
-            f"{TARGET_CORES} cores, one view)"
+            f"bench-image: untrained effnet_lite0, {TILE} px tiles at scale 1.0, {device} "
+            f"in {arithmetic}, {torch.get_num_threads()} threads, {cores} cores (targets are "
+            f"for {TARGET_CORES} cores, one view)"
         )
         print(table_header(note="target"), flush=True)
     rows: list[ImageBenchRow] = []
@@ -92,8 +97,8 @@ def main() -> None:
         warmup=False,
     )
     # Less tile overlap (an eighth of a tile instead of a quarter): fewer tiles per image.
-    thin = ModelBundle(
-        bundle.encoder, bundle.heads, dataclasses.replace(bundle.meta, tile_overlap=TILE // 8)
+    thin = dataclasses.replace(
+        bundle, meta=dataclasses.replace(bundle.meta, tile_overlap=TILE // 8)
     )
     thin_overlap = iter_benchmark(
         thin,
@@ -101,6 +106,18 @@ def main() -> None:
         views=all_views[:1],
         repeat=args.repeat,
         warmup=False,
+    )
+    # Full float32 arithmetic, where the rows above use the device's reduced precision.
+    full = (
+        iter_benchmark(
+            dataclasses.replace(bundle, mixed_precision=False),
+            synthetic_images(DEFAULT_SIZES[1::2]),
+            views=all_views[:1],
+            repeat=args.repeat,
+            warmup=False,
+        )
+        if reduced is not None
+        else iter([])
     )
     # The app's way on a CPU: tile batches spread over a pool of single-threaded compute
     # threads (`model.cpu_threads`), stage times summed over them.
@@ -122,6 +139,7 @@ def main() -> None:
             (one_view, ""),
             (every_view, ""),
             (thin_overlap, f"overlap {TILE // 8} px; "),
+            (full, "float32; "),
             (pooled, pool_label),
         )
         for stream, label in streams:
