@@ -233,6 +233,8 @@ def train(
         fused=device.type in ("cpu", "cuda"),
     )
     amp_dtype = reduced_dtype(device) if config.mixed_precision else None
+    # Encoder passes and validation follow the run's choice too: float32 means float32.
+    bundle.mixed_precision = config.mixed_precision
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     labels = _Labels(train_items, bundle.meta.label_sigma)
     geometry = bundle.geometry
