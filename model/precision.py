@@ -2,8 +2,8 @@
 
 float16 on CUDA; bfloat16 on CPUs with native bfloat16 instructions (AVX512-BF16, AMX),
 where oneDNN runs the encoder's convolutions about twice as fast as in float32; nothing
-elsewhere, where emulating it would be slower. Training steps and predictions follow the
-same rule, so a model is trained on the arithmetic it is served with.
+elsewhere, where emulating it would be slower. Predictions and training steps follow this
+rule; a training run's encoder passes and validation stay float32 (`model.train.train`).
 """
 
 from __future__ import annotations
