@@ -130,8 +130,12 @@ def predict_to_folder(
     if len(set(stems)) != len(stems):
         raise ValueError("two input images share a file name; outputs would overwrite each other")
     check_workers(workers)  # before the model loads
-    bundle = load_bundle(checkpoint, sam_checkpoint=sam_checkpoint, device=resolve_device(device))
-    bundle.mixed_precision = mixed_precision
+    bundle = load_bundle(
+        checkpoint,
+        sam_checkpoint=sam_checkpoint,
+        device=resolve_device(device),
+        mixed_precision=mixed_precision,
+    )
     arrays = [read_image(p) for p in images]
     with pool_for_device(bundle.device, workers) as pool:
         return _write_predictions(Predictor(bundle, pool=pool), images, arrays, Path(out))

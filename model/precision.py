@@ -13,8 +13,11 @@ import contextlib
 import torch
 
 
-def reduced_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced-precision type for `device`, or None where it would not pay."""
+def reduced_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The reduced-precision type for `device`, or None where it would not pay (or when
+    not `enabled`)."""
+    if not enabled:
+        return None
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -24,7 +27,7 @@ def reduced_dtype(device: torch.device) -> torch.dtype | None:
 
 def precision_name(device: torch.device, enabled: bool = True) -> str:
     """The arithmetic predictions on `device` use: 'bfloat16', 'float16' or 'float32'."""
-    dtype = reduced_dtype(device) if enabled else None
+    dtype = reduced_dtype(device, enabled)
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
@@ -33,7 +36,7 @@ def reduced_precision(
 ) -> contextlib.AbstractContextManager[object]:
     """Autocast to `reduced_dtype(device)` inside the block when `enabled` and the device
     has one; float32 otherwise. Autocast is per thread: enter it in the thread computing."""
-    dtype = reduced_dtype(device) if enabled else None
+    dtype = reduced_dtype(device, enabled)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

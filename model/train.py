@@ -268,7 +268,7 @@ def _train(
         weight_decay=config.weight_decay,
         fused=device.type in ("cpu", "cuda"),
     )
-    amp_dtype = reduced_dtype(device) if config.mixed_precision else None
+    amp_dtype = reduced_dtype(device, config.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     labels = _Labels(train_items, bundle.meta.label_sigma)
     geometry = bundle.geometry

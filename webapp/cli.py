@@ -351,9 +351,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from model.inference import resolve_device
 
     bundle = load_bundle(
-        args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
+        args.checkpoint,
+        sam_checkpoint=args.sam_checkpoint,
+        device=resolve_device(args.device),
+        mixed_precision=not args.float32,
     )
-    bundle.mixed_precision = not args.float32
     items = load_samples(discover(args.data), bundle.geometry, progress=not args.json)
     report = evaluate(bundle, items, progress=not args.json)
     if args.json:
@@ -740,9 +742,11 @@ def cmd_bench_image(args: argparse.Namespace) -> int:
     check_workers(args.workers)  # before minutes of model loading
     sizes = parse_sizes(args.sizes)  # a bad --sizes fails before the model loads
     bundle = load_bundle(
-        args.checkpoint, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device)
+        args.checkpoint,
+        sam_checkpoint=args.sam_checkpoint,
+        device=resolve_device(args.device),
+        mixed_precision=not args.float32,
     )
-    bundle.mixed_precision = not args.float32
     views = select_views(bundle, args.views)
     if args.images:  # all read first, so a bad file fails before minutes of timing
         images = [(str(path), read_image(path)) for path in args.images]

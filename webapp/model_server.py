@@ -123,6 +123,7 @@ class ModelServer:
                     sam_checkpoint=self._sam_checkpoint,
                     encoder=encoder,
                     expected_sha256=expected_sha256,
+                    mixed_precision=self._mixed_precision,
                 )
             except CheckpointError:
                 if encoder is None:
@@ -131,6 +132,7 @@ class ModelServer:
                     checkpoint,
                     sam_checkpoint=self._sam_checkpoint,
                     expected_sha256=expected_sha256,
+                    mixed_precision=self._mixed_precision,
                 )
             if current is not None and bundle.meta.encoder_id != current.encoder_id:
                 raise CheckpointError(
@@ -141,7 +143,6 @@ class ModelServer:
                 self._cache_dir / bundle.meta.encoder_id if self._cache_dir else None,
                 max_memory_bytes=SERVED_CACHE_MEMORY_BYTES,
             )
-            bundle.mixed_precision = self._mixed_precision
             views = None if self._views is None else bundle.meta.test_time_views[: self._views]
             predictor = Predictor(bundle, cache=cache, views=views, pool=self._pool)
             smoke_test(predictor)

@@ -32,7 +32,7 @@ from model.checkpoint import load_bundle, save_checkpoint
 from model.cpu_threads import pool_for_device
 from model.encoders import build_encoder
 from model.inference import resolve_device
-from model.precision import reduced_dtype
+from model.precision import precision_name, reduced_dtype
 from model.training_task import fresh_bundle
 from webapp.image_benchmark import (
     DEFAULT_SIZES,
@@ -77,11 +77,10 @@ def main() -> None:
     all_views = tuple(bundle.meta.test_time_views)
     reduced = reduced_dtype(device)
     if not args.json:
-        arithmetic = "float32" if reduced is None else str(reduced).removeprefix("torch.")
         print(
             f"bench-image: untrained effnet_lite0, {TILE} px tiles at scale 1.0, {device} "
-            f"in {arithmetic}, {torch.get_num_threads()} threads, {cores} cores (targets are "
-            f"for {TARGET_CORES} cores, one view)"
+            f"in {precision_name(device)}, {torch.get_num_threads()} threads, {cores} cores "
+            f"(targets are for {TARGET_CORES} cores, one view)"
         )
         print(table_header(note="target"), flush=True)
     rows: list[ImageBenchRow] = []
